@@ -1,0 +1,1 @@
+//! Simulated GPU machine state shared by all processes (see README in this folder).

@@ -1,0 +1,1 @@
+//! (owned by the front-doors work; being written)
