@@ -4,9 +4,12 @@
 //! and `alloc_table` are policy (safe Rust, unit-tested without preloading); `hooks` is the one declarative
 //! list of intercepted symbols and the bodies behind them; `runtime` is the lazily initialised state.
 
-pub mod sys;
-
+// First, so that every later module sees `log_warn!` and friends by name (they are also exported at
+// the crate root as `crate::log_warn!`).
+#[macro_use]
 pub mod log;
+
+pub mod sys;
 
 pub mod accounting;
 pub mod alloc_table;
@@ -16,3 +19,7 @@ pub mod region;
 mod devices;
 mod hooks;
 mod runtime;
+
+/// Every CUDA and NVML symbol libvgpu.so exports as a hook (it also exports `dlsym`), in the order of
+/// `src/hooks/list.rs`. For tests that compare it with `nm -D --defined-only`.
+pub use hooks::HOOKED_SYMBOLS;

@@ -1,0 +1,40 @@
+//! The driver API's argument checks, devices, contexts, memory, launches and graphs, through C probes
+//! linked with `-lcuda` against the simulated driver.
+
+mod common;
+use common::*;
+
+#[test]
+fn error_codes_and_context_stack() {
+    let m = SimMachine::new("cuda-api-errors");
+    run_probe(&mut m.command(linked_probe("api_errors")));
+}
+
+#[test]
+fn devices_match_the_configured_machine() {
+    let spec = "name=Sim-T4,mem=16Gi,sms=40,cc=7.5,pci=00000000:3B:00.0,clock_mhz=1590,\
+                uuid=GPU-01234567-89ab-cdef-0123-456789abcdef;name=Sim-H100,mem=80Gi,sms=132,cc=9.0";
+    let m = SimMachine::new("cuda-devices").with_devices(spec);
+    let out = run_probe(&mut m.command(linked_probe("devices")));
+    assert_eq!(field(&out, "count", "count"), "2");
+    assert_eq!(field(&out, "dev0", "name"), "Sim-T4");
+    assert_eq!(field_u64(&out, "dev0", "mem"), 16 << 30);
+    assert_eq!(field(&out, "dev0", "sms"), "40");
+    assert_eq!(field(&out, "dev0", "cc"), "7.5");
+    assert_eq!(field(&out, "dev0", "clock_khz"), "1590000");
+    assert_eq!(field(&out, "dev0", "pci"), "0000:3B:00.0");
+    assert_eq!(field(&out, "dev0", "bus"), "59");
+    assert_eq!(field(&out, "dev0", "uuid"), "0123456789abcdef0123456789abcdef", "the NVML UUID's hex");
+    assert_eq!(field(&out, "dev1", "name"), "Sim-H100");
+    assert_eq!(field_u64(&out, "dev1", "mem"), 80 << 30);
+    assert_eq!(field(&out, "dev1", "cc"), "9.0");
+}
+
+#[test]
+fn default_machine_has_an_a100_and_an_l4() {
+    let m = SimMachine::new("cuda-default-devices");
+    let out = run_probe(&mut m.command(linked_probe("devices")));
+    assert_eq!(field(&out, "count", "count"), "2");
+    assert!(out.contains("dev0 name=NVIDIA A100-SXM4-40GB mem=42949672960 sms=108 cc=8.0"), "{out}");
+    assert!(out.contains("dev1 name=NVIDIA L4 mem=25769803776 sms=58 cc=8.9"), "{out}");
+}

@@ -1,1 +1,0 @@
-//! (owned by the front-doors work; being written)
