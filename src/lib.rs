@@ -14,6 +14,7 @@ pub mod sys;
 pub mod accounting;
 pub mod alloc_table;
 pub mod config;
+pub mod limiter;
 pub mod region;
 
 mod devices;

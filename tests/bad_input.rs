@@ -134,12 +134,12 @@ fn a_limit_for_a_device_that_is_not_there_only_warns() {
     let mut sh = Shell::preloaded(
         &machine,
         &[
-            ("CUDA_DEVICE_MEMORY_LIMIT_0", "64m"),
+            ("CUDA_DEVICE_MEMORY_LIMIT_0", "1g"),
             ("CUDA_DEVICE_MEMORY_LIMIT_5", "1g"),
         ],
     );
     sh.start(0);
-    assert_eq!(sh.info().1, 64 * MIB);
+    assert_eq!(sh.info().1, GIB);
     assert!(
         sh.stderr().contains("CUDA_DEVICE_MEMORY_LIMIT_5"),
         "a warning should name it:\n{}",
@@ -174,7 +174,7 @@ fn foreign_truncated_or_corrupt_region_files_fail_closed() {
         let path = machine.region_file();
         std::fs::write(&path, &bytes).unwrap();
         let inode = std::fs::metadata(&path).unwrap().ino();
-        let stderr = assert_fails_closed(&machine, &[("CUDA_DEVICE_MEMORY_LIMIT", "64m")], what);
+        let stderr = assert_fails_closed(&machine, &[("CUDA_DEVICE_MEMORY_LIMIT", "1g")], what);
         assert!(
             stderr.contains(&path.display().to_string())
                 || stderr.to_lowercase().contains("region"),
@@ -205,7 +205,7 @@ fn an_unusable_region_path_fails_closed() {
         assert_fails_closed(
             &machine,
             &[
-                ("CUDA_DEVICE_MEMORY_LIMIT", "64m"),
+                ("CUDA_DEVICE_MEMORY_LIMIT", "1g"),
                 ("CUDA_DEVICE_MEMORY_SHARED_CACHE", &p),
             ],
             what,
@@ -221,7 +221,7 @@ fn dead_pid() -> i32 {
     pid
 }
 
-/// A HAMi-core style v1 file: two devices, a 64 MiB limit, and one registered process holding 32 MiB.
+/// A HAMi-core style v1 file: two devices, a 1 GiB limit, and one registered process holding 512 MiB.
 fn hami_file(machine: &SimMachine, owner_pid: i32) -> Vec<u8> {
     let mut bare = Shell::bare(machine, &[]);
     bare.ok("nvml_init");
@@ -230,14 +230,14 @@ fn hami_file(machine: &SimMachine, owner_pid: i32) -> Vec<u8> {
     for d in 0..2 {
         let uuid = bare.ok(&format!("nvml_info {d}")).str("uuid").to_string();
         b[64 + 96 * d..64 + 96 * d + uuid.len()].copy_from_slice(uuid.as_bytes());
-        b[1600 + 8 * d..1608 + 8 * d].copy_from_slice(&(64 * MIB).to_le_bytes());
+        b[1600 + 8 * d..1608 + 8 * d].copy_from_slice(&GIB.to_le_bytes());
         b[1728 + 8 * d..1736 + 8 * d].copy_from_slice(&100u64.to_le_bytes());
     }
     let slot = 1856;
     b[slot..slot + 4].copy_from_slice(&owner_pid.to_le_bytes());
     let used = slot + 8;
-    b[used + 16..used + 24].copy_from_slice(&(32 * MIB).to_le_bytes());
-    b[used + 32..used + 40].copy_from_slice(&(32 * MIB).to_le_bytes());
+    b[used + 16..used + 24].copy_from_slice(&(512 * MIB).to_le_bytes());
+    b[used + 32..used + 40].copy_from_slice(&(512 * MIB).to_le_bytes());
     b[slot + 1928..slot + 1932].copy_from_slice(&1i32.to_le_bytes());
     b[2_008_896..2_008_900].copy_from_slice(&1i32.to_le_bytes());
     b[2_008_900..2_008_904].copy_from_slice(&1i32.to_le_bytes());
@@ -252,7 +252,7 @@ fn a_hami_core_file_whose_processes_are_dead_is_taken_over_in_place() {
     let _dump = DumpOnFailure(machine.region_file());
     std::fs::write(machine.region_file(), hami_file(&machine, dead_pid())).unwrap();
     let inode = std::fs::metadata(machine.region_file()).unwrap().ino();
-    let mut sh = Shell::preloaded(&machine, &[("CUDA_DEVICE_MEMORY_LIMIT", "64m")]);
+    let mut sh = Shell::preloaded(&machine, &[("CUDA_DEVICE_MEMORY_LIMIT", "1g")]);
     sh.start(0);
     let (free, total) = sh.info();
     let r = checked_region(&machine);
@@ -260,7 +260,7 @@ fn a_hami_core_file_whose_processes_are_dead_is_taken_over_in_place() {
     assert_eq!(
         total - free,
         own,
-        "the dead HAMi process's 32 MiB still count\n{}",
+        "the dead HAMi process's 512 MiB still count\n{}",
         r.dump()
     );
     let fill = sh.expect(&format!("fill {}", 8 * MIB), 2);
@@ -287,7 +287,7 @@ fn a_hami_core_file_with_a_live_process_fails_closed() {
     let result = std::panic::catch_unwind(|| {
         assert_fails_closed(
             &machine,
-            &[("CUDA_DEVICE_MEMORY_LIMIT", "64m")],
+            &[("CUDA_DEVICE_MEMORY_LIMIT", "1g")],
             "HAMi-core file in use",
         );
     });
@@ -306,30 +306,35 @@ fn a_hami_core_file_with_a_live_process_fails_closed() {
 fn conflicting_limits_fail_closed_while_the_region_is_in_use() {
     let machine = SimMachine::new("limit-conflict");
     let _dump = DumpOnFailure(machine.region_file());
-    let mut first = Shell::preloaded(&machine, &[("CUDA_DEVICE_MEMORY_LIMIT", "64m")]);
+    let mut first = Shell::preloaded(&machine, &[("CUDA_DEVICE_MEMORY_LIMIT", "1g")]);
     first.start(0);
     first.ok("alloc 1048576");
     let stderr = assert_fails_closed(
         &machine,
-        &[("CUDA_DEVICE_MEMORY_LIMIT", "128m")],
+        &[("CUDA_DEVICE_MEMORY_LIMIT", "2g")],
         "a different limit",
     );
     assert!(
-        stderr.contains("64") && stderr.contains("128"),
+        mentions(&stderr, &["1073741824", "1g", "1 GiB", "1024 MiB"])
+            && mentions(&stderr, &["2147483648", "2g", "2 GiB", "2048 MiB"]),
         "the error should print both values:\n{stderr}"
     );
     assert_eq!(first.exit().code(), Some(0));
     // Nobody alive uses the region any more: it is stale and the next process brings its own limit.
-    let mut next = Shell::preloaded(&machine, &[("CUDA_DEVICE_MEMORY_LIMIT", "128m")]);
+    let mut next = Shell::preloaded(&machine, &[("CUDA_DEVICE_MEMORY_LIMIT", "2g")]);
     next.start(0);
-    assert_eq!(next.info().1, 128 * MIB);
-    assert_eq!(region(&machine).limit[0], 128 * MIB);
+    assert_eq!(next.info().1, 2 * GIB);
+    assert_eq!(region(&machine).limit[0], 2 * GIB);
+}
+
+fn mentions(text: &str, any_of: &[&str]) -> bool {
+    any_of.iter().any(|s| text.contains(s))
 }
 
 /// Run the same commands with and without libvgpu; every code must match.
 fn same_codes(machine: &SimMachine, env: &[(&str, &str)], setup: &[&str], commands: &[&str]) {
     let mut bare = Shell::bare(machine, env);
-    let mut ours_env = vec![("CUDA_DEVICE_MEMORY_LIMIT", "64m")];
+    let mut ours_env = vec![("CUDA_DEVICE_MEMORY_LIMIT", "1g")];
     ours_env.extend_from_slice(env);
     let mut ours = Shell::preloaded(machine, &ours_env);
     for s in setup {
@@ -427,7 +432,7 @@ fn driver_failures_pass_through_unchanged() {
     let mut sh = Shell::preloaded(
         &machine,
         &[
-            ("CUDA_DEVICE_MEMORY_LIMIT", "64m"),
+            ("CUDA_DEVICE_MEMORY_LIMIT", "1g"),
             ("SIMGPU_FAIL_ALLOC_AT", "2"),
         ],
     );
@@ -445,14 +450,14 @@ fn driver_failures_pass_through_unchanged() {
 
 fn log_lines(level: Option<&str>, refusals: usize) -> (usize, String) {
     let machine = SimMachine::new("log-level");
-    let mut env = vec![("CUDA_DEVICE_MEMORY_LIMIT", "64m")];
+    let mut env = vec![("CUDA_DEVICE_MEMORY_LIMIT", "1g")];
     if let Some(l) = level {
         env.push(("LIBCUDA_LOG_LEVEL", l));
     }
     let mut sh = Shell::preloaded(&machine, &env);
     sh.start(0);
     for _ in 0..refusals {
-        sh.expect("alloc 134217728", 2);
+        sh.expect("alloc 2147483648", 2);
     }
     let stderr = sh.stderr();
     sh.exit();

@@ -8,7 +8,8 @@ use common::*;
 use serde_json::Value;
 use std::path::PathBuf;
 
-const LIMIT: u64 = 64 * MIB;
+/// Above the 304 MiB a simulated context costs.
+const LIMIT: u64 = GIB;
 
 fn client(name: &str) -> PathBuf {
     let path = testkit::root().join("target/release").join(name);
@@ -74,7 +75,7 @@ fn cudarc_gets_exactly_the_chunks_that_fit() {
     let _dump = DumpOnFailure(machine.region_file());
     for chunk in [8 * MIB, 10 * MIB] {
         let mut cmd = machine.preloaded(client("cudarc_oom"));
-        cmd.env("CUDA_DEVICE_MEMORY_LIMIT", "64m")
+        cmd.env("CUDA_DEVICE_MEMORY_LIMIT", "1g")
             .arg(chunk.to_string());
         let out = run_probe_ok(&mut cmd, Some(&machine.region_file()));
         let v = json_lines(&out)
@@ -96,8 +97,8 @@ fn holder(machine: &SimMachine, env: &[(&str, &str)], bytes: u64) -> (Shell, u64
 }
 
 const TWO_LIMITS: &[(&str, &str)] = &[
-    ("CUDA_DEVICE_MEMORY_LIMIT_0", "64m"),
-    ("CUDA_DEVICE_MEMORY_LIMIT_1", "128m"),
+    ("CUDA_DEVICE_MEMORY_LIMIT_0", "1g"),
+    ("CUDA_DEVICE_MEMORY_LIMIT_1", "2g"),
 ];
 
 #[test]
@@ -111,7 +112,7 @@ fn nvml_wrapper_shows_the_limit_as_total_and_the_containers_usage() {
     let devices = json_lines(&out);
     assert!(devices.len() >= 2, "{out}");
     let r = region(&machine);
-    for (d, limit) in [(0usize, 64 * MIB), (1, 128 * MIB)] {
+    for (d, limit) in [(0usize, GIB), (1, 2 * GIB)] {
         let v = &devices[d];
         assert_eq!(n(v, "total"), limit, "device {d}: {v}");
         assert_eq!(
@@ -140,7 +141,7 @@ fn pynvml_shows_the_limit_as_total() {
     let out = run_probe_ok(&mut cmd, Some(&machine.region_file()));
     let devices = json_lines(&out);
     assert!(devices.len() >= 2, "{out}");
-    for (d, limit) in [(0usize, 64 * MIB), (1, 128 * MIB)] {
+    for (d, limit) in [(0usize, GIB), (1, 2 * GIB)] {
         let v = &devices[d];
         assert_eq!(
             n(v, "total"),
@@ -175,7 +176,7 @@ fn cuda_bindings_gets_out_of_memory_past_the_limit() {
     let _dump = DumpOnFailure(machine.region_file());
     let chunk = 8 * MIB;
     let mut cmd = machine.preloaded(testkit::python());
-    cmd.env("CUDA_DEVICE_MEMORY_LIMIT", "64m")
+    cmd.env("CUDA_DEVICE_MEMORY_LIMIT", "1g")
         .arg(python_script("cuda_bindings_oom.py"))
         .arg(chunk.to_string());
     let out = run_probe_ok(&mut cmd, Some(&machine.region_file()));

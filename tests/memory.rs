@@ -7,7 +7,8 @@ mod common;
 
 use common::*;
 
-const LIMIT: u64 = 64 * MIB;
+/// The simulated driver charges 304 MiB per context, as a real GPU does; the limit leaves room above it.
+const LIMIT: u64 = GIB;
 
 /// How much an allocation must be charged.
 #[derive(Clone, Copy, Debug)]
@@ -25,7 +26,7 @@ struct Case {
 
 impl Case {
     fn new(label: &str) -> Case {
-        Case::with_env(label, &[("CUDA_DEVICE_MEMORY_LIMIT", "64m")])
+        Case::with_env(label, &[("CUDA_DEVICE_MEMORY_LIMIT", "1g")])
     }
 
     fn with_env(label: &str, env: &[(&str, &str)]) -> Case {
@@ -40,7 +41,7 @@ impl Case {
             _dump: dump,
         };
         let (_, total) = case.shell.info();
-        assert_eq!(total, LIMIT, "cuMemGetInfo_v2 total under a 64m limit");
+        assert_eq!(total, LIMIT, "cuMemGetInfo_v2 total under a 1g limit");
         case.base = case.used_checked("after context creation");
         case
     }
@@ -142,9 +143,9 @@ fn cu_mem_alloc_v2_charges_exact_bytes() {
     c.path(
         "alloc 8388608",
         |_| Charge::Exactly(8 * MIB),
-        "alloc 67108865",
+        "alloc 1073741825",
     );
-    c.path("alloc 1000", |_| Charge::AtLeast(1000), "alloc 134217728");
+    c.path("alloc 1000", |_| Charge::AtLeast(1000), "alloc 2147483648");
     assert_eq!(c.used_checked("end"), c.base);
     c.finish();
 }
@@ -155,12 +156,12 @@ fn cu_mem_alloc_pitch_v2_charges_the_real_pitch() {
     c.path(
         "pitch 1000 1000 4",
         |r| Charge::Exactly(r.u64("pitch") * 1000),
-        "pitch 65536 1025 4",
+        "pitch 65536 16385 4",
     );
     c.path(
         "pitch 4097 3 16",
         |r| Charge::Exactly(r.u64("pitch") * 3),
-        "pitch 1048576 65 4",
+        "pitch 1048576 1025 4",
     );
     c.finish();
 }
@@ -171,7 +172,7 @@ fn cu_mem_alloc_managed_charges_the_full_size() {
     c.path(
         "managed 16777216",
         |_| Charge::Exactly(16 * MIB),
-        "managed 67108865",
+        "managed 1073741825",
     );
     c.finish();
 }
@@ -182,7 +183,7 @@ fn cu_mem_create_charges_at_creation_and_release_gives_back() {
     c.path(
         "vmm 8388608",
         |r| Charge::Exactly(r.u64("size")),
-        "vmm 69206016",
+        "vmm 1075838976",
     );
     c.finish();
 }
@@ -194,17 +195,17 @@ fn arrays_and_mipmapped_arrays_are_charged() {
     c.path(
         "array 1024 512",
         |_| Charge::AtLeast(1024 * 512 * 16),
-        "array 4096 4096",
+        "array 12288 8192",
     );
     c.path(
         "array3d 128 128 32",
         |_| Charge::AtLeast(128 * 128 * 32 * 16),
-        "array3d 1024 1024 16",
+        "array3d 1024 1024 96",
     );
     c.path(
         "mipmap 512 512 4",
         |_| Charge::AtLeast(512 * 512 * 16),
-        "mipmap 4096 4096 1",
+        "mipmap 8192 8192 2",
     );
     c.finish();
 }
@@ -253,12 +254,12 @@ fn stream_ordered(label: &str, alloc: &str, over: &str, setup: &[&str], teardown
 
 #[test]
 fn cu_mem_alloc_async_charges_and_pool_trimming_gives_back() {
-    stream_ordered("mem-async", "async", "67108865", &[], &[]);
+    stream_ordered("mem-async", "async", "1073741825", &[], &[]);
 }
 
 #[test]
 fn cu_mem_alloc_async_ptsz_is_charged_too() {
-    stream_ordered("mem-async-ptsz", "async_ptsz", "67108865", &[], &[]);
+    stream_ordered("mem-async-ptsz", "async_ptsz", "1073741825", &[], &[]);
 }
 
 #[test]
@@ -266,7 +267,7 @@ fn cu_mem_alloc_from_pool_async_charges_and_trimming_gives_back() {
     stream_ordered(
         "mem-pool",
         "pool_alloc",
-        "67108865",
+        "1073741825",
         &["pool_create"],
         &["pool_destroy"],
     );
@@ -293,10 +294,10 @@ fn a_second_context_is_charged_and_destroying_it_gives_back() {
 fn host_allocations_are_not_charged() {
     let mut c = Case::new("mem-host");
     let before = c.used_checked("before");
-    // Twice the device limit: host memory must not count against it.
-    let a = c.shell.ok("host 134217728");
-    let b = c.shell.ok("hostalloc 134217728");
-    assert_eq!(c.used_checked("with 256 MiB of pinned host memory"), before);
+    // More than the device limit: host memory must not count against it.
+    let a = c.shell.ok("host 671088640");
+    let b = c.shell.ok("hostalloc 671088640");
+    assert_eq!(c.used_checked("with 1.25 GiB of pinned host memory"), before);
     c.shell.ok(&format!("free {}", a.int("id")));
     c.shell.ok(&format!("free {}", b.int("id")));
     assert_eq!(c.used_checked("after freeing host memory"), before);
@@ -332,7 +333,7 @@ fn freeing_an_unknown_pointer_passes_through_to_the_driver() {
     let _dump = DumpOnFailure(machine.region_file());
     let mut bare = Shell::bare(&machine, &[]);
     bare.start(0);
-    let mut ours = Shell::preloaded(&machine, &[("CUDA_DEVICE_MEMORY_LIMIT", "64m")]);
+    let mut ours = Shell::preloaded(&machine, &[("CUDA_DEVICE_MEMORY_LIMIT", "1g")]);
     ours.start(0);
     let held = ours.ok("alloc 8388608");
     for ptr in ["0x7f0000001000", "0", "0x10"] {
@@ -393,7 +394,7 @@ fn cuda_nvml_and_other_processes_see_one_consistent_view() {
     assert_eq!(t.u64("total"), LIMIT, "cuDeviceTotalMem_v2");
 
     // A second process of the same container sees the first one's usage.
-    let mut other = Shell::preloaded(&c.machine, &[("CUDA_DEVICE_MEMORY_LIMIT", "64m")]);
+    let mut other = Shell::preloaded(&c.machine, &[("CUDA_DEVICE_MEMORY_LIMIT", "1g")]);
     other.ok("nvml_init");
     let on = other.ok("nvml_info 0");
     assert_eq!(on.u64("total"), LIMIT, "{}", on.line);
@@ -416,12 +417,12 @@ fn cuda_nvml_and_other_processes_see_one_consistent_view() {
         "second process view vs region"
     );
     // Whatever is left is all the second process can get.
-    let fill = other.cmd(&format!("fill {}", MIB));
+    let fill = other.cmd(&format!("fill {}", 16 * MIB));
     assert_eq!(fill.code(), 2, "{}", fill.line);
     assert_eq!(
         fill.u64("n"),
-        free / MIB,
-        "the second process got {} MiB of {free} free bytes",
+        free / (16 * MIB),
+        "the second process got {} chunks of 16 MiB of {free} free bytes",
         fill.u64("n")
     );
     other.ok("freeall");
@@ -432,76 +433,89 @@ fn cuda_nvml_and_other_processes_see_one_consistent_view() {
 
 #[test]
 fn free_memory_is_capped_by_the_real_free_memory() {
-    // 256 MiB GPU; the limit (192 MiB) is above what is physically left once a neighbour outside the
-    // container holds 160 MiB.
-    let machine = SimMachine::new("mem-real-free").with_devices("name=Small,mem=256Mi,sms=16");
+    // A 2 GiB GPU and small contexts; the limit (1.5 GiB) is above what is physically left once a
+    // neighbour outside the container holds 1 GiB.
+    let ctx = [("SIMGPU_CONTEXT_BYTES", "16777216")];
+    let machine = SimMachine::new("mem-real-free").with_devices("name=Small,mem=2Gi,sms=16");
     let _dump = DumpOnFailure(machine.region_file());
-    let mut neighbour = Shell::bare(&machine, &[]);
+    let mut neighbour = Shell::bare(&machine, &ctx);
     neighbour.start(0);
-    neighbour.ok(&format!("alloc {}", 160 * MIB));
-    let (real_free, _) = neighbour.info();
-    let mut ours = Shell::preloaded(&machine, &[("CUDA_DEVICE_MEMORY_LIMIT", "192m")]);
+    neighbour.ok(&format!("alloc {}", GIB));
+    let mut ours =
+        Shell::preloaded(&machine, &[ctx[0], ("CUDA_DEVICE_MEMORY_LIMIT", "1536m")]);
     ours.start(0);
     let (free, total) = ours.info();
-    let (real_free_now, _) = neighbour.info();
+    let (real_free, _) = neighbour.info();
     let used = region(&machine).device_used(0);
-    assert_eq!(total, 192 * MIB);
-    assert_eq!(
-        free,
-        (192 * MIB - used).min(real_free_now),
-        "free must be min(limit - used, real free); real free {real_free} / {real_free_now}, used {used}"
-    );
+    assert_eq!(total, 1536 * MIB);
+    assert!(real_free < 1536 * MIB - used, "the neighbour should leave less than the limit");
+    assert_eq!(free, (1536 * MIB - used).min(real_free), "free = min(limit - used, real free {real_free})");
+    ours.ok("nvml_init");
+    let n = ours.ok("nvml_info 0");
+    assert!(n.u64("free") <= real_free, "NVML free {} above the real free {real_free}", n.u64("free"));
 }
 
 #[test]
-fn usage_above_the_limit_never_underflows_free() {
-    // A limit smaller than whatever a context costs: free must clamp at 0, never wrap, never error.
-    let machine = SimMachine::new("mem-underflow");
+fn free_never_wraps_whatever_the_region_says() {
+    // Usage above the limit cannot be produced through the API (it is refused), but the region is
+    // shared and cooperative: make it say so, and every view must clamp free at 0 without an error.
+    let mut c = Case::new("mem-underflow");
+    c.shell.ok("nvml_init");
+    let r = region(&c.machine);
+    let slot = r.slot_of(c.shell.pid()).expect("slot").index;
+    let path = c.machine.region_file();
+    let original = std::fs::read(&path).unwrap();
+    let off = 1856 + 1960 * slot + 8; // used[0] of this slot (hami-contract.md 3.2)
+    let mut forged = original.clone();
+    let own_ctx = u64::from_le_bytes(forged[off..off + 8].try_into().unwrap());
+    let data = 2 * GIB;
+    forged[off + 16..off + 24].copy_from_slice(&data.to_le_bytes());
+    forged[off + 32..off + 40].copy_from_slice(&(own_ctx + data).to_le_bytes());
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&forged[off..off + 40], off as u64).unwrap();
+    }
+    let (free, total) = c.shell.info();
+    assert!(free <= total, "free {free} above total {total}");
+    let n = c.shell.ok("nvml_info 0");
+    assert!(n.u64("free") <= n.u64("total"), "NVML free wrapped: {}", n.line);
+    assert!(n.u64("free2") <= n.u64("total2"), "NVML v2 free wrapped: {}", n.line);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&original[off..off + 40], off as u64).unwrap();
+    }
+}
+
+#[test]
+fn a_limit_below_what_a_context_costs_refuses_the_context() {
+    // 4 KiB cannot hold a 304 MiB context: the retain fails with OUT_OF_MEMORY, nothing is charged,
+    // and the process carries on.
+    let machine = SimMachine::new("mem-tiny-limit");
     let _dump = DumpOnFailure(machine.region_file());
     let mut sh = Shell::preloaded(&machine, &[("CUDA_DEVICE_MEMORY_LIMIT", "4096")]);
-    sh.start(0);
-    let (free, total) = sh.info();
-    assert_eq!(total, 4096);
-    assert!(free <= total, "free {free} above total {total}");
+    sh.ok("init");
+    sh.expect("ctx 0", 2);
     sh.ok("nvml_init");
     let n = sh.ok("nvml_info 0");
-    assert!(
-        n.u64("free") <= n.u64("total"),
-        "NVML free wrapped: {}",
-        n.line
-    );
-    assert!(
-        n.u64("free2") <= n.u64("total2"),
-        "NVML v2 free wrapped: {}",
-        n.line
-    );
-    sh.expect("alloc 8192", 2);
+    assert_eq!(n.u64("total"), 4096, "{}", n.line);
+    assert!(n.u64("free") <= n.u64("total"), "NVML free wrapped: {}", n.line);
+    assert_eq!(region(&machine).device_used(0), 0);
 }
 
 #[test]
 fn limit_above_physical_memory_reports_physical() {
     // hami-contract.md section 6: total = min(limit, physical) for cuMemGetInfo, cuDeviceTotalMem, NVML.
-    let machine = SimMachine::new("mem-above-physical").with_devices("name=Small,mem=256Mi,sms=16");
+    let machine = SimMachine::new("mem-above-physical").with_devices("name=Small,mem=2Gi,sms=16");
     let _dump = DumpOnFailure(machine.region_file());
-    let mut sh = Shell::preloaded(&machine, &[("CUDA_DEVICE_MEMORY_LIMIT", "1g")]);
+    let mut sh = Shell::preloaded(&machine, &[("CUDA_DEVICE_MEMORY_LIMIT", "4g")]);
     sh.start(0);
     let (_, total) = sh.info();
-    assert_eq!(
-        total,
-        256 * MIB,
-        "cuMemGetInfo_v2 total with a limit above the GPU's memory"
-    );
-    assert_eq!(
-        sh.ok("totalmem 0").u64("total"),
-        256 * MIB,
-        "cuDeviceTotalMem_v2"
-    );
+    assert_eq!(total, 2 * GIB, "cuMemGetInfo_v2 total with a limit above the GPU's memory");
+    assert_eq!(sh.ok("totalmem 0").u64("total"), 2 * GIB, "cuDeviceTotalMem_v2");
     sh.ok("nvml_init");
-    assert_eq!(
-        sh.ok("nvml_info 0").u64("total"),
-        256 * MIB,
-        "nvmlDeviceGetMemoryInfo"
-    );
+    assert_eq!(sh.ok("nvml_info 0").u64("total"), 2 * GIB, "nvmlDeviceGetMemoryInfo");
 }
 
 #[test]
@@ -574,8 +588,8 @@ fn region_file_is_hami_v1() {
     let mut sh = Shell::preloaded(
         &machine,
         &[
-            ("CUDA_DEVICE_MEMORY_LIMIT_0", "64m"),
-            ("CUDA_DEVICE_MEMORY_LIMIT_1", "128m"),
+            ("CUDA_DEVICE_MEMORY_LIMIT_0", "1g"),
+            ("CUDA_DEVICE_MEMORY_LIMIT_1", "2g"),
         ],
     );
     sh.start(0);
@@ -604,7 +618,7 @@ fn region_file_is_hami_v1() {
     }
     assert_eq!(
         (r.limit[0], r.limit[1]),
-        (64 * MIB, 128 * MIB),
+        (GIB, 2 * GIB),
         "{}",
         r.dump()
     );
@@ -650,7 +664,7 @@ fn task_priority_is_written_at_creation() {
     let mut sh = Shell::preloaded(
         &machine,
         &[
-            ("CUDA_DEVICE_MEMORY_LIMIT", "64m"),
+            ("CUDA_DEVICE_MEMORY_LIMIT", "1g"),
             ("CUDA_TASK_PRIORITY", "0"),
         ],
     );
@@ -665,7 +679,7 @@ fn a_zero_magic_file_left_by_a_dead_creator_is_initialised() {
     let machine = SimMachine::new("region-zero");
     let _dump = DumpOnFailure(machine.region_file());
     std::fs::write(machine.region_file(), vec![0u8; region::V1_FILE_SIZE]).unwrap();
-    let mut sh = Shell::preloaded(&machine, &[("CUDA_DEVICE_MEMORY_LIMIT", "64m")]);
+    let mut sh = Shell::preloaded(&machine, &[("CUDA_DEVICE_MEMORY_LIMIT", "1g")]);
     sh.start(0);
     assert_eq!(sh.info().1, LIMIT);
     sh.ok("alloc 8388608");

@@ -9,11 +9,13 @@ use std::os::unix::fs::FileExt;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const LIMIT: u64 = 64 * MIB;
-const CHUNK: u64 = 8 * MIB;
+const LIMIT: u64 = 256 * MIB;
+const CHUNK: u64 = 32 * MIB;
 
-fn limit_env() -> [(&'static str, &'static str); 1] {
-    [("CUDA_DEVICE_MEMORY_LIMIT", "64m")]
+/// A 256 MiB limit, and 4 MiB contexts in the simulated driver (instead of a real GPU's 304 MiB) so
+/// that many processes fit under it.
+fn limit_env() -> [(&'static str, &'static str); 2] {
+    [("CUDA_DEVICE_MEMORY_LIMIT", "256m"), ("SIMGPU_CONTEXT_BYTES", "4194304")]
 }
 
 /// Wait for every child, killing all of them if the deadline passes.
@@ -355,12 +357,12 @@ fn a_forked_child_is_held_to_the_containers_limit() {
     let _dump = DumpOnFailure(machine.region_file());
     let mut parent = Shell::preloaded(&machine, &limit_env());
     parent.start(0);
-    parent.ok(&format!("alloc {}", 48 * MIB));
-    let fork = parent.ok(&format!("fork_alloc {}", 32 * MIB));
+    parent.ok(&format!("alloc {}", 192 * MIB));
+    let fork = parent.ok(&format!("fork_alloc {}", 64 * MIB));
     assert_eq!(
         fork.int("alloc"),
         2,
-        "48 + 32 MiB under 64 MiB: {}",
+        "4 + 192 + 4 + 64 MiB under 256 MiB: {}",
         fork.line
     );
     parent.ok("fork_release");

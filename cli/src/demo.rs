@@ -15,7 +15,7 @@ use crate::format;
 use crate::regions;
 
 const GPU_SPEC: &str = "name=NVIDIA A100-SXM4-40GB,mem=40Gi,sms=108,cc=8.0";
-const GPU_TEXT: &str = "NVIDIA A100-SXM4-40GB, 40 GiB, 108 SMs";
+const GPU_TEXT: &str = "NVIDIA A100 (40 GiB, 108 SMs)";
 
 const ALPHA_MEMORY: &str = "1Gi";
 const ALPHA_MEMORY_BYTES: u64 = 1 << 30;
@@ -117,6 +117,11 @@ impl Container {
         Some((snapshot.device_totals(0).total_bytes, limit))
     }
 
+    /// The container's usage of device 0 by kind, from the region.
+    fn usage(&self) -> Option<regions::DeviceUsage> {
+        Some(regions::read_snapshot(&self.region).ok()?.device_totals(0))
+    }
+
     /// A few words on what the workload is doing now.
     fn state(&self) -> String {
         let lines = self.lines();
@@ -191,9 +196,7 @@ pub fn demo(duration: Duration, keep: bool) -> Result<i32, String> {
     }
     let interactive = crate::sys::is_terminal(1);
 
-    say(&format!(
-        "vgpu demo: two containers share one simulated GPU ({GPU_TEXT})"
-    ));
+    say(&format!("vgpu demo: two containers share one simulated {GPU_TEXT}"));
     say("");
     say(&format!("  alpha  --memory {ALPHA_MEMORY}              allocates {ALPHA_CHUNK} at a time, wants 2 GiB"));
     say(&format!(
@@ -316,10 +319,11 @@ pub fn demo(duration: Duration, keep: bool) -> Result<i32, String> {
             say(format!("  {line}").trim_end());
         }
     }
+    let alpha_usage = alpha.usage();
     alpha.stop();
     beta.stop();
     say("");
-    let ok = summary(&alpha, &beta);
+    let ok = summary(&alpha, alpha_usage, &beta);
     if keep {
         say(&format!(
             "\nKept {} (regions under containers/).",
@@ -375,7 +379,7 @@ fn live_table(elapsed: Duration, containers: &[&Container]) -> String {
 }
 
 /// Says what happened, in words. Returns whether the demo showed what it should.
-fn summary(alpha: &Container, beta: &Container) -> bool {
+fn summary(alpha: &Container, alpha_usage: Option<regions::DeviceUsage>, beta: &Container) -> bool {
     let mut ok = true;
     say("What happened:");
     match alpha.out_of_memory_line() {
@@ -385,6 +389,17 @@ fn summary(alpha: &Container, beta: &Container) -> bool {
                 format::bytes(ALPHA_MEMORY_BYTES)
             ));
             say_wrapped(4, 4, line.trim_start_matches("alloc: "));
+            if let Some(usage) = alpha_usage.filter(|u| u.context_bytes > 0) {
+                say_wrapped(
+                    4,
+                    4,
+                    &format!(
+                        "Of the {} in use, {} is its CUDA context: vgpu counts that too, as HAMi-core does.",
+                        format::bytes(usage.total_bytes),
+                        format::bytes(usage.context_bytes)
+                    ),
+                );
+            }
             say_wrapped(
                 4,
                 4,

@@ -10,6 +10,10 @@
 //! The API server is reached through a small client of our own ([`kube`]): a handful of calls, no
 //! informers, so the plugin stays a small binary that builds quickly.
 
+// First: the logging macros are used by every module below.
+#[macro_use]
+pub mod log;
+
 pub mod allocate;
 pub mod api;
 pub mod config;
@@ -18,8 +22,6 @@ pub mod gpus;
 pub mod hami;
 pub mod install;
 pub mod kube;
-#[macro_use]
-pub mod log;
 pub mod nvml;
 pub mod plugin;
 pub mod pods;

@@ -272,7 +272,12 @@ impl<'a> Bucket<'a> {
         if self
             .shared
             .clock_epoch_s
-            .compare_exchange(recorded, clock_epoch_s, Ordering::Relaxed, Ordering::Relaxed)
+            .compare_exchange(
+                recorded,
+                clock_epoch_s,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
             .is_ok()
         {
             self.shared.paid_until_ns.store(0, Ordering::Relaxed);

@@ -111,7 +111,11 @@ impl CostEntry {
         let packed = self.window_and_ratio.load(Ordering::Relaxed);
         let mut samples = packed & 0xff;
         // A fresh entry starts just above the threshold: the first samples decide quickly.
-        let mut ratio = if packed == 0 { 1 << 15 } else { (packed >> 32) & 0x1_ffff };
+        let mut ratio = if packed == 0 {
+            1 << 15
+        } else {
+            (packed >> 32) & 0x1_ffff
+        };
         current = if current == 0 {
             sample
         } else {
@@ -224,12 +228,10 @@ impl CostTable {
         let home = self.home(key);
         for step in 0..COST_TABLE_PROBE {
             let i = (home + step) & (self.entries.len() - 1);
-            match self.entries[i].key.compare_exchange(
-                0,
-                key,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
+            match self.entries[i]
+                .key
+                .compare_exchange(0, key, Ordering::Relaxed, Ordering::Relaxed)
+            {
                 Ok(_) => return i,
                 Err(seen) if seen == key => return i,
                 Err(_) => {}

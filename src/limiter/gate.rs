@@ -334,7 +334,7 @@ impl LaunchGate {
     ) -> Ticket {
         let mut attempt = 0u32;
         loop {
-            self.poll_probes(view, clock.monotonic_ns(), driver);
+            self.poll_probes(view, clock, driver);
             match self.before_launch(view, device, work, clock) {
                 Decision::Go(ticket) => return ticket,
                 Decision::Wait { retry_in_ns, .. } => {
@@ -345,10 +345,21 @@ impl LaunchGate {
         }
     }
 
-    /// Polls up to two due probes through `driver`. One relaxed load when none is due.
+    /// Polls up to two due probes through `driver`. One relaxed load when no probe is in flight,
+    /// plus a coarse clock read when one is but is not due.
     #[inline]
-    pub fn poll_probes<P: ProbeDriver>(&self, view: &SharedView<'_>, now_ns: u64, driver: &mut P) {
-        if now_ns < self.earliest_poll_ns.load(Ordering::Relaxed) {
+    pub fn poll_probes<C: Clock, P: ProbeDriver>(
+        &self,
+        view: &SharedView<'_>,
+        clock: &C,
+        driver: &mut P,
+    ) {
+        let earliest = self.earliest_poll_ns.load(Ordering::Relaxed);
+        if earliest == u64::MAX {
+            return;
+        }
+        let now_ns = clock.coarse_monotonic_ns();
+        if now_ns < earliest {
             return;
         }
         for _ in 0..MAX_POLLS_PER_CALL {
@@ -365,9 +376,10 @@ impl LaunchGate {
     /// Decides one launch on `device` (region index). Never waits itself.
     ///
     /// Unlimited path (no limit on the device, policy `disable`, or `default` with the switch
-    /// off): one relaxed load of the tail line (`recent_kernel`, `utilization_switch` share it),
-    /// no write unless `recent_kernel` changes. Limited path: the same, plus process-local cost
-    /// table loads and one CAS on the device's bucket line.
+    /// off): one relaxed load of the tail line (`recent_kernel`; `utilization_switch` shares its
+    /// cache line), no write unless `recent_kernel` changes, one coarse clock read. Limited path:
+    /// the same, plus one precise clock read, process-local cost table loads and one CAS on the
+    /// device's bucket line.
     #[inline]
     pub fn before_launch<C: Clock>(
         &self,
@@ -376,7 +388,6 @@ impl LaunchGate {
         work: &Work,
         clock: &C,
     ) -> Decision {
-        let now_ns = clock.monotonic_ns();
         let recent_kernel = view.recent_kernel.load(Ordering::Relaxed);
         if priority_blocked(self.policy, recent_kernel) {
             return Decision::Wait {
@@ -385,7 +396,8 @@ impl LaunchGate {
             };
         }
         mark_active(view.recent_kernel, recent_kernel);
-        self.stamp_kernel_time(view, now_ns, clock);
+        let coarse_ns = clock.coarse_monotonic_ns();
+        self.stamp_kernel_time(view, coarse_ns, clock);
 
         let Some(state) = self.devices.get(device) else {
             return Decision::Go(Ticket::free(device));
@@ -393,24 +405,25 @@ impl LaunchGate {
         let Some(params) = state.params else {
             return Decision::Go(Ticket::free(device));
         };
-        if !enforcing(
-            self.policy,
-            view.utilization_switch.load(Ordering::Relaxed),
-        ) {
+        if !enforcing(self.policy, view.utilization_switch.load(Ordering::Relaxed)) {
             return Decision::Go(Ticket::free(device));
         }
         let bucket = Bucket::new(&view.limiter.buckets[device], params);
-        self.limited_launch(state, bucket, device, work, now_ns)
+        self.limited_launch(state, bucket, device, work, coarse_ns, clock)
     }
 
-    fn limited_launch(
+    #[inline]
+    fn limited_launch<C: Clock>(
         &self,
         state: &DeviceState,
         bucket: Bucket<'_>,
         device: usize,
         work: &Work,
         now_ns: u64,
+        clock: &C,
     ) -> Decision {
+        // `now_ns` is the coarse clock, never ahead of the precise one: a grant at coarse time is
+        // also a grant at precise time, so only a refusal is checked again with the precise clock.
         let launch_key = work.launch_key(device);
         let known = self
             .costs
@@ -480,7 +493,14 @@ impl LaunchGate {
             }
         }
 
-        match bucket.acquire(cost_ns, now_ns) {
+        let mut acquired = bucket.acquire(cost_ns, now_ns);
+        if let Acquire::Wait { .. } = acquired {
+            let precise_ns = clock.monotonic_ns();
+            if precise_ns > now_ns {
+                acquired = bucket.acquire(cost_ns, precise_ns);
+            }
+        }
+        match acquired {
             Acquire::Wait { wall_ns } => {
                 give_back(probe);
                 Decision::Wait {
@@ -550,14 +570,20 @@ impl LaunchGate {
         })
     }
 
-    /// After the real launch call. Refunds a refused launch; starts the clock on a probe.
-    pub fn launched(
+    /// After the real launch call. Refunds a refused launch; starts the clock on a probe. Reads
+    /// no clock for an unlimited launch.
+    #[inline]
+    pub fn launched<C: Clock>(
         &self,
         view: &SharedView<'_>,
         ticket: Ticket,
         outcome: LaunchOutcome,
-        now_ns: u64,
+        clock: &C,
     ) {
+        if ticket.charged_ns == 0 && ticket.probe.is_none() {
+            return;
+        }
+        let now_ns = clock.coarse_monotonic_ns();
         let device = usize::from(ticket.device);
         if outcome == LaunchOutcome::Refused && ticket.charged_ns > 0 {
             if let Some(bucket) = self.bucket(view, device) {
@@ -572,11 +598,8 @@ impl LaunchGate {
             LaunchOutcome::Submitted {
                 probe_recorded: true,
             } => {
-                let next_poll = now_ns.saturating_add(
-                    ticket
-                        .charged_ns
-                        .clamp(MIN_POLL_GAP_NS, MAX_POLL_GAP_NS),
-                );
+                let next_poll = now_ns
+                    .saturating_add(ticket.charged_ns.clamp(MIN_POLL_GAP_NS, MAX_POLL_GAP_NS));
                 slot.submitted_ns.store(now_ns, Ordering::Relaxed);
                 slot.next_poll_ns.store(next_poll, Ordering::Relaxed);
                 slot.state.store(SLOT_IN_FLIGHT, Ordering::SeqCst);
@@ -705,10 +728,7 @@ impl LaunchGate {
         state.typical_cost_ns.store(estimate, Ordering::Relaxed);
         let charged = slot.charged_ns.load(Ordering::Relaxed);
         if charged == estimate
-            || !enforcing(
-                self.policy,
-                view.utilization_switch.load(Ordering::Relaxed),
-            )
+            || !enforcing(self.policy, view.utilization_switch.load(Ordering::Relaxed))
         {
             return;
         }
@@ -771,6 +791,18 @@ impl LaunchGate {
             view.last_kernel_time_s
                 .fetch_max(clock.epoch_s(), Ordering::Relaxed);
         }
+    }
+
+    /// In a fork child: the parent's probes (and their events) mean nothing here, and a learning
+    /// lease they hold is the parent's to give back. Forget them; learned costs stay valid only
+    /// if the child uses the same handles, which it does not after re-initialising CUDA, but
+    /// they are keyed by handle, so stale entries are simply never hit.
+    pub fn forget_probes_after_fork(&self) {
+        for slot in &self.probes {
+            slot.lease.store(0, Ordering::Relaxed);
+            slot.state.store(SLOT_FREE, Ordering::SeqCst);
+        }
+        self.earliest_poll_ns.store(u64::MAX, Ordering::SeqCst);
     }
 
     /// Probes in flight (for tests and diagnostics).

@@ -39,8 +39,8 @@ mod tests;
 pub use backoff::{backoff, Pause};
 pub use bucket::{Acquire, Bucket, BucketParams, SharedBucket, SharedLimiter};
 pub use gate::{
-    Decision, LaunchGate, LaunchOutcome, ProbeDisposal, ProbeDriver, ProbeId, ProbeResult, SharedView, Ticket,
-    WaitReason, Work, WorkKind,
+    Decision, LaunchGate, LaunchOutcome, ProbeDisposal, ProbeDriver, ProbeId, ProbeResult,
+    SharedView, Ticket, WaitReason, Work, WorkKind,
 };
 pub use priority::{enforcing, priority_blocked};
 
@@ -65,6 +65,12 @@ pub trait Clock {
     /// `CLOCK_MONOTONIC` in nanoseconds. Every process of a container must read the same clock,
     /// because the shared buckets compare instants written by different processes.
     fn monotonic_ns(&self) -> u64;
+    /// The same clock at coarse resolution (`CLOCK_MONOTONIC_COARSE`, a few ns to read), for
+    /// decisions that need only milliseconds: when to stamp `last_kernel_time`. An unlimited
+    /// launch reads only this clock.
+    fn coarse_monotonic_ns(&self) -> u64 {
+        self.monotonic_ns()
+    }
     /// Seconds since the Unix epoch (`CLOCK_REALTIME`), for the region's `last_kernel_time`. Read
     /// at most once per `kernel_time_interval_ns`.
     fn epoch_s(&self) -> u64;

@@ -19,7 +19,9 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use super::gate::{LaunchGate, ProbeDriver, ProbeId, ProbeResult, SharedView, Work};
-use super::{backoff, Clock, Decision, GateConfig, LaunchOutcome, Pause, SharedLimiter, WaitReason};
+use super::{
+    backoff, Clock, Decision, GateConfig, LaunchOutcome, Pause, SharedLimiter, WaitReason,
+};
 
 /// Stands in for a container's region: the tail words and the limiter extension.
 #[derive(Debug)]
@@ -133,8 +135,16 @@ pub(crate) struct ProcessSpec {
 /// A change to a container's policy words at an instant (what the monitor would write).
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Script {
-    RecentKernel { at_ns: u64, container: usize, value: i32 },
-    UtilizationSwitch { at_ns: u64, container: usize, value: i32 },
+    RecentKernel {
+        at_ns: u64,
+        container: usize,
+        value: i32,
+    },
+    UtilizationSwitch {
+        at_ns: u64,
+        container: usize,
+        value: i32,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -232,7 +242,10 @@ impl SimResult {
                 );
                 share - target
             })
-            .fold(0.0, |worst: f64, d| if d.abs() > worst.abs() { d } else { worst })
+            .fold(
+                0.0,
+                |worst: f64, d| if d.abs() > worst.abs() { d } else { worst },
+            )
     }
 }
 
@@ -360,10 +373,6 @@ impl Sim {
         self.scripts.push(script);
     }
 
-    pub fn shared(&self, container: usize) -> &LocalShared {
-        &self.containers[container]
-    }
-
     fn random(&mut self) -> u64 {
         // xorshift64*
         self.rng ^= self.rng >> 12;
@@ -419,9 +428,9 @@ impl Sim {
             }
             let t = next.min(end).max(now);
             // Run the devices up to t.
-            for d in 0..self.devices.len() {
-                self.advance_device(d, accounted[d], t);
-                accounted[d] = t;
+            for (d, from) in accounted.iter_mut().enumerate() {
+                self.advance_device(d, *from, t);
+                *from = t;
             }
             now = t;
             if now >= end {
@@ -472,7 +481,10 @@ impl Sim {
                         .items
                         .iter()
                         .map(|item| {
-                            (p.gate.estimate_ns(p.spec.device, &item.work), item.duration_ns)
+                            (
+                                p.gate.estimate_ns(p.spec.device, &item.work),
+                                item.duration_ns,
+                            )
                         })
                         .collect();
                     stats
@@ -554,8 +566,7 @@ impl Sim {
             Scheduling::TimeSlice { quantum_ns } => {
                 let list: Vec<usize> = candidates.collect();
                 let owner = self.devices[d].slice_owner;
-                let keep = owner
-                    .filter(|o| list.contains(o) && now < self.devices[d].slice_end_ns);
+                let keep = owner.filter(|o| list.contains(o) && now < self.devices[d].slice_end_ns);
                 let chosen = keep.or_else(|| {
                     // Round robin: the first process after the last owner.
                     let after = owner.map_or(0, |o| o + 1);
@@ -601,7 +612,7 @@ impl Sim {
             records: &mut proc.probes,
             now_ns: now,
         };
-        proc.gate.poll_probes(&view, now, &mut driver);
+        proc.gate.poll_probes(&view, &clock, &mut driver);
         match proc.gate.before_launch(&view, device, &item.work, &clock) {
             Decision::Go(ticket) => {
                 proc.attempt = 0;
@@ -624,7 +635,7 @@ impl Sim {
                     LaunchOutcome::Submitted {
                         probe_recorded: ticket.probe().is_some(),
                     },
-                    now,
+                    &clock,
                 );
                 proc.next_item = (proc.next_item + 1) % proc.spec.items.len();
                 self.seq += 1;

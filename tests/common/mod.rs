@@ -67,7 +67,16 @@ pub fn probe(name: &str) -> PathBuf {
 pub fn linked_probe(name: &str) -> PathBuf {
     let sim = testkit::sim_dir();
     let l = format!("-L{}", sim.display());
-    compile(name, &[&l, "-l:libcuda.so.1", "-l:libnvidia-ml.so.1"])
+    // --no-as-needed: a probe whose references are all weak must still get DT_NEEDED entries.
+    compile(
+        name,
+        &[
+            &l,
+            "-Wl,--no-as-needed",
+            "-l:libcuda.so.1",
+            "-l:libnvidia-ml.so.1",
+        ],
+    )
 }
 
 /// A shared library from `tests/probes/<name>.c` (`-shared -fPIC` plus `extra`).

@@ -45,10 +45,12 @@ pub fn index_of(handle: nvmlDevice_t) -> Option<u32> {
     let base = HANDLES.as_ptr() as usize;
     let at = handle as usize;
     let size = std::mem::size_of::<DeviceHandle>();
-    if at < base || (at - base) % size != 0 || (at - base) / size >= MAX_DEVICES {
+    let offset = at.checked_sub(base)?;
+    let index = offset / size;
+    if index * size != offset || index >= MAX_DEVICES {
         return None;
     }
-    let index = ((at - base) / size) as u32;
+    let index = index as u32;
     debug_assert_eq!(HANDLES[index as usize].index, index);
     Some(index)
 }

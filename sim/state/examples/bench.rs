@@ -55,7 +55,10 @@ fn main() {
     // The reservations went into the ring: a query over a window of recent launches.
     let t = Instant::now();
     let busy = m.busy_ns(0, None, 0, u64::MAX);
-    println!("busy_ns over the whole ring: {:.1} µs (busy {busy} ns)", t.elapsed().as_nanos() as f64 / 1000.0);
+    println!(
+        "busy_ns over the whole ring: {:.1} µs (busy {busy} ns)",
+        t.elapsed().as_nanos() as f64 / 1000.0
+    );
     drop(machine);
     let _ = std::fs::remove_file(&path);
 }

@@ -10,7 +10,7 @@ use crate::SimError;
 #[derive(Debug, Default)]
 pub struct Faults {
     fail_alloc_at: Option<u64>,
-    /// Allocations this process has asked [`Faults::should_fail_alloc`] about. Reset in a fork child.
+    /// `fork generation << 40 | allocations counted` by [`Faults::should_fail_alloc`] in this process.
     allocs_seen: AtomicU64,
     lost_mask: u64,
     slow: Vec<(String, u64)>,
@@ -85,7 +85,26 @@ impl Faults {
     pub fn should_fail_alloc(&self) -> bool {
         match self.fail_alloc_at {
             None => false,
-            Some(n) => self.allocs_seen.fetch_add(1, Ordering::Relaxed) + 1 == n,
+            Some(n) => {
+                // The counter is `fork generation << 40 | count`: a fork child starts again at zero
+                // without needing a handler to reset it.
+                let generation = crate::sys::FORK_GENERATION.load(Ordering::Relaxed) as u64;
+                let bump = |word: u64| {
+                    let count = if word >> 40 == generation {
+                        word & ((1 << 40) - 1)
+                    } else {
+                        0
+                    };
+                    Some(generation << 40 | (count + 1))
+                };
+                match self
+                    .allocs_seen
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, bump)
+                {
+                    Ok(old) => bump(old).is_some_and(|new| new & ((1 << 40) - 1) == n),
+                    Err(_) => false,
+                }
+            }
         }
     }
 
@@ -129,11 +148,6 @@ impl Faults {
             .map(|(_, us)| *us)
             .sum()
     }
-
-    /// A fork child starts counting its own allocations from zero.
-    pub(crate) fn reset_after_fork(&self) {
-        self.allocs_seen.store(0, Ordering::Relaxed);
-    }
 }
 
 #[cfg(test)]
@@ -158,6 +172,32 @@ mod tests {
         assert_eq!(seen, [false, false, true, false, false]);
         let none = parse(&[]).unwrap();
         assert!(!(0..5).any(|_| none.should_fail_alloc()));
+    }
+
+    #[test]
+    fn a_fork_child_counts_its_own_allocations() {
+        crate::sys::register_atfork();
+        let f = parse(&[("SIMGPU_FAIL_ALLOC_AT", "2")]).unwrap();
+        assert!(!f.should_fail_alloc());
+        // SAFETY: the child only touches atomics and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let ok = !f.should_fail_alloc() && f.should_fail_alloc();
+            // SAFETY: ends the forked child without running the parent's destructors.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child saw the parent's count"
+        );
+        assert!(
+            f.should_fail_alloc(),
+            "the parent's second allocation fails"
+        );
     }
 
     #[test]

@@ -107,7 +107,7 @@ const _: () = assert!(std::mem::size_of::<Header>() <= SPEC_OFFSET);
 const _: () = assert!(DEVICE_STATE_BYTES == 256);
 const _: () = assert!(SLOT_BYTES == 384);
 const _: () = assert!(RING_ENTRY_BYTES == 32);
-const _: () = assert!(RINGS_OFFSET % 4096 == 0);
+const _: () = assert!(RINGS_OFFSET & 4095 == 0);
 
 /// The file size for `device_count` devices.
 pub fn file_bytes(device_count: usize) -> u64 {

@@ -543,9 +543,6 @@ impl Machine {
                     index => return Ok(self.slot_at(index as usize - 1)),
                 }
             }
-            if cached >> 32 != generation && cached != 0 {
-                self.faults.reset_after_fork();
-            }
             let claim = generation << 32 | REGISTERING;
             if self
                 .slot_cache
@@ -554,10 +551,9 @@ impl Machine {
             {
                 continue;
             }
-            let result = self.claim_slot().or_else(|_| {
-                self.reclaim_dead();
-                self.claim_slot()
-            });
+            // Registration is rare (once per process and fork): a good moment to clear out the dead.
+            self.reclaim_dead();
+            let result = self.claim_slot();
             let word = match &result {
                 Ok(index) => generation << 32 | (*index as u64 + 1),
                 Err(_) => generation << 32, // not registered: the next call tries again

@@ -68,7 +68,7 @@ pub fn wait_until_ns(deadline_ns: u64) {
     let mut spins = 0u32;
     while monotonic_ns() < deadline_ns {
         spins += 1;
-        if spins % 64 == 0 {
+        if spins & 63 == 0 {
             std::thread::yield_now();
         } else {
             std::hint::spin_loop();

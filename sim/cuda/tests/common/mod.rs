@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::Duration;
 
 pub use testkit::SimMachine;
@@ -11,15 +12,28 @@ pub fn crate_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `testkit::compile_c` names its temporary output after the process id, so two tests of one binary
+/// compiling the same probe at once would collide: compile one at a time.
+fn compile(name: &str, flags: &[&str]) -> PathBuf {
+    static COMPILING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = COMPILING.lock().unwrap_or_else(|e| e.into_inner());
+    testkit::compile_c(crate_dir(), name, flags)
+}
+
 /// A probe linked against the simulated driver like a program built with `-lcuda`.
 pub fn linked_probe(name: &str) -> PathBuf {
     let sim = testkit::sim_dir();
-    testkit::compile_c(crate_dir(), name, &[&format!("-L{}", sim.display()), "-l:libcuda.so.1"])
+    compile(name, &[&format!("-L{}", sim.display()), "-l:libcuda.so.1"])
 }
 
 /// A probe that loads the driver itself (dlopen).
 pub fn dlopen_probe(name: &str) -> PathBuf {
-    testkit::compile_c(crate_dir(), name, &[])
+    compile(name, &[])
+}
+
+/// A probe built with extra flags.
+pub fn probe_with(name: &str, flags: &[&str]) -> PathBuf {
+    compile(name, flags)
 }
 
 pub const DEADLINE: Duration = Duration::from_secs(60);

@@ -15,6 +15,7 @@ int main(void) {
     /* Before cuInit: version and error strings work, everything else is NOT_INITIALIZED. */
     OK(cuDriverGetVersion(&v));
     ASSERT(v > 0);
+    printf("driver version=%d\n", v);
     EXPECT(cuDriverGetVersion(NULL), CUDA_ERROR_INVALID_VALUE);
     OK(cuGetErrorName(CUDA_ERROR_OUT_OF_MEMORY, &str));
     ASSERT(strcmp(str, "CUDA_ERROR_OUT_OF_MEMORY") == 0);
