@@ -31,6 +31,15 @@ fn bench_probe() -> PathBuf {
 
 /// Run the probe; returns its `<prefix> ...` lines split into words.
 fn run(machine: &SimMachine, preload: bool, args: &[&str]) -> Vec<Vec<String>> {
+    run_env(machine, preload, args, &[])
+}
+
+fn run_env(
+    machine: &SimMachine,
+    preload: bool,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Vec<Vec<String>> {
     let exe = bench_probe();
     let mut cmd = if preload {
         machine.preloaded(&exe)
@@ -38,7 +47,9 @@ fn run(machine: &SimMachine, preload: bool, args: &[&str]) -> Vec<Vec<String>> {
         machine.command(&exe)
     };
     // A memory limit far above what the bench uses, so the accounting path runs; no SM limit.
-    cmd.env("CUDA_DEVICE_MEMORY_LIMIT", "32g").args(args);
+    cmd.env("CUDA_DEVICE_MEMORY_LIMIT", "32g")
+        .envs(env.iter().copied())
+        .args(args);
     let out = testkit::run(&mut cmd, Duration::from_secs(1800));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -135,8 +146,11 @@ fn register() {
             })
             .collect()
     };
-    let base = parse(run(&machine, false, &["register", &procs]));
-    let ours = parse(run(&machine, true, &["register", &procs]));
+    // A real GPU's context is ~300 MiB; a thousand of them do not fit a 40 GiB device, so the
+    // simulated contexts are made small here.
+    let env = [("SIMGPU_CONTEXT_BYTES", "1048576")];
+    let base = parse(run_env(&machine, false, &["register", &procs], &env));
+    let ours = parse(run_env(&machine, true, &["register", &procs], &env));
     let rows: Vec<_> = base
         .iter()
         .zip(&ours)

@@ -12,7 +12,7 @@
 //! slips through unlimited; the initialising thread itself, re-entering through the driver, passes
 //! through. Nothing happens before the first call: no constructor work, threads, files or mappings.
 
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 use vgpu_abi::cuda::{cudaError_enum, CUresult};
@@ -22,6 +22,8 @@ use crate::accounting::{Accounting, Charge};
 use crate::alloc_table::{AllocTable, Key};
 use crate::config::Config;
 use crate::devices::{self, Devices};
+use crate::hooks::compute::Compute;
+use crate::limiter::SharedView;
 use crate::region::{ChargeRecord, MemKind, Region};
 
 /// What a CUDA hook answers in a process that failed closed.
@@ -128,6 +130,8 @@ fn wait_for_init() -> Gate {
 
 /// Everything a ready process holds.
 pub struct Runtime {
+    // Nothing reads it after init today; kept so hooks can consult the parsed environment.
+    #[allow(dead_code)]
     pub config: Config,
     devices: Devices,
     /// Region indices are NVML indices (devices enumerated through NVML), so NVML can be asked about a
@@ -137,8 +141,8 @@ pub struct Runtime {
     /// The pid whose slot `accounting` charges to. After `fork` it is the parent's until the child
     /// registers its own, lazily, on its first charge.
     slot_owner: AtomicI32,
-    /// Epoch second before which `last_kernel_time` is not stamped again.
-    next_kernel_stamp_secs: AtomicU64,
+    /// The compute limiter (SM limits, `recent_kernel`, `last_kernel_time`): the launch hooks'.
+    compute: Compute,
 }
 
 /// A device's numbers as the process should see them (hami-contract.md 6).
@@ -242,29 +246,14 @@ impl Runtime {
         devices::nvml_free_bytes(device)
     }
 
-    /// Marks the container active for the monitor's priority feedback (hami-contract.md 3.6) and
-    /// stamps `last_kernel_time` at most once per `RECORD_KERNEL_INTERVAL`. Returns false while the
-    /// monitor blocks this container (`recent_kernel < 0`). Writes shared memory only on a change.
-    #[inline(always)]
-    pub fn mark_kernel_launched(&self) -> bool {
-        let region = self.accounting.region();
-        let admitted = region.mark_kernel_launched();
-        let now = crate::sys::epoch_secs_coarse();
-        let next = self.next_kernel_stamp_secs.load(Ordering::Relaxed);
-        if now >= next
-            && self
-                .next_kernel_stamp_secs
-                .compare_exchange(
-                    next,
-                    now + self.config.record_kernel_interval_secs.max(1),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-        {
-            region.stamp_last_kernel_time(now);
-        }
-        admitted
+    /// The compute limiter the launch hooks ask.
+    pub fn compute(&self) -> &Compute {
+        &self.compute
+    }
+
+    /// The region words the compute limiter shares with the container's other processes.
+    pub fn limiter_view(&self) -> SharedView<'_> {
+        self.accounting.region().limiter_view()
     }
 
     /// In a forked child: register the child's own slot and forget the parent's allocations.
@@ -387,16 +376,26 @@ fn initialize() -> u8 {
         }
     };
     FORK_GENERATION_PID.store(pid, Ordering::Relaxed);
+    // Region index order, as the region's `sm_limit` array (hami-contract.md 2.4).
+    let sm_limits: Vec<Option<u32>> = setup.devices.iter().map(|d| d.sm_limit_percent).collect();
+    let compute = Compute::new(
+        &sm_limits,
+        config.core_policy,
+        config.record_kernel_interval_secs,
+    );
     let runtime = Runtime {
         config,
         devices: Devices::new(uuids),
         nvml_indexed,
         accounting: Accounting::new(region, slot, table),
         slot_owner: AtomicI32::new(pid),
-        next_kernel_stamp_secs: AtomicU64::new(0),
+        compute,
     };
     if RUNTIME.set(runtime).is_err() {
         return REFUSED;
+    }
+    if let Some(rt) = RUNTIME.get() {
+        crate::hooks::compute::attach(rt);
     }
     register_process_hooks();
     log_debug!(
@@ -430,6 +429,11 @@ extern "C" fn after_fork_in_child() {
     // Only this thread exists in the child now. Its slot is registered on the first charge, which
     // sees that the owner is not this pid.
     FORK_GENERATION_PID.store(crate::sys::proc_info::current_pid(), Ordering::Relaxed);
+    // The parent's probes wait on the parent's events; the child's launches start afresh (the
+    // shared budget is the container's, so it carries on as it was).
+    if let Some(rt) = RUNTIME.get() {
+        rt.compute.forget_probes_after_fork();
+    }
 }
 
 /// Zeroes this process's counters and frees its slot (hami-contract.md 3.5 item 4).

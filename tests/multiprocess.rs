@@ -15,7 +15,10 @@ const CHUNK: u64 = 32 * MIB;
 /// A 256 MiB limit, and 4 MiB contexts in the simulated driver (instead of a real GPU's 304 MiB) so
 /// that many processes fit under it.
 fn limit_env() -> [(&'static str, &'static str); 2] {
-    [("CUDA_DEVICE_MEMORY_LIMIT", "256m"), ("SIMGPU_CONTEXT_BYTES", "4194304")]
+    [
+        ("CUDA_DEVICE_MEMORY_LIMIT", "256m"),
+        ("SIMGPU_CONTEXT_BYTES", "4194304"),
+    ]
 }
 
 /// Wait for every child, killing all of them if the deadline passes.
@@ -282,83 +285,136 @@ fn sigkill_storm_during_registration_leaves_no_lock_or_charge_behind() {
 }
 
 #[test]
-fn a_forked_child_gets_its_own_slot() {
-    for after_init in [true, false] {
-        let machine = SimMachine::new("mp-fork");
-        let _dump = DumpOnFailure(machine.region_file());
-        let mut parent = Shell::preloaded(&machine, &limit_env());
-        let mut parent_used = 0;
-        if after_init {
-            parent.start(0);
-            parent.ok(&format!("alloc {}", 16 * MIB));
-            let (free, total) = parent.info();
-            parent_used = total - free;
-        }
-        let fork = parent.ok(&format!("fork_alloc {CHUNK}"));
+fn a_child_forked_before_init_gets_its_own_slot() {
+    let machine = SimMachine::new("mp-fork");
+    let _dump = DumpOnFailure(machine.region_file());
+    // The parent has opened the driver (dlopen + dlsym) but made no CUDA call yet.
+    let mut parent = Shell::preloaded(&machine, &limit_env());
+    let fork = parent.ok(&format!("fork_alloc {CHUNK}"));
+    assert_eq!(
+        (fork.int("init"), fork.int("ctx"), fork.int("alloc")),
+        (0, 0, 0),
+        "the child's calls: {}",
+        fork.line
+    );
+    let child = fork.u64("child") as u32;
+    let r = checked_region(&machine);
+    let slot = r
+        .slot_of(child)
+        .unwrap_or_else(|| panic!("no slot for child {child}\n{}", r.dump()));
+    assert!(
+        slot.used[0].data_size >= CHUNK,
+        "the child's bytes go to its own slot\n{}",
+        r.dump()
+    );
+    assert!(
+        r.slot_of(parent.pid()).is_none(),
+        "the parent made no call\n{}",
+        r.dump()
+    );
+    // Now the parent uses CUDA too: a slot of its own, beside the child's.
+    parent.start(0);
+    parent.ok(&format!("alloc {CHUNK}"));
+    let r = checked_region(&machine);
+    let parent_slot = r
+        .slot_of(parent.pid())
+        .unwrap_or_else(|| panic!("no parent slot\n{}", r.dump()));
+    assert_ne!(parent_slot.index, r.slot_of(child).unwrap().index);
+    let (free, total) = parent.info();
+    assert_eq!(
+        total - free,
+        r.device_used(0),
+        "the parent sees the child's usage\n{}",
+        r.dump()
+    );
+    let parent_used = parent_slot.used[0].total;
+    let done = parent.ok("fork_release");
+    assert_eq!(done.int("exited"), 1, "{}", done.line);
+    let r = checked_region(&machine);
+    assert!(
+        r.slot_of(child).is_none(),
+        "the exited child's slot is still counted\n{}",
+        r.dump()
+    );
+    assert_eq!(
+        r.device_used(0),
+        parent_used,
+        "the child's usage outlived it\n{}",
+        r.dump()
+    );
+}
+
+#[test]
+fn a_child_forked_after_init_leaves_the_parents_slot_alone() {
+    // As with the real driver, CUDA is unusable in the child of an initialised process: the child gets
+    // the driver's own errors, and whatever libvgpu state it inherited must not touch the parent's slot,
+    // not while it runs and not when it exits.
+    let machine = SimMachine::new("mp-fork-after");
+    let _dump = DumpOnFailure(machine.region_file());
+    let mut bare = Shell::bare(&machine, &limit_env()[1..]);
+    bare.start(0);
+    let driver = bare.ok(&format!("fork_alloc {CHUNK}"));
+    bare.ok("fork_release");
+    drop(bare);
+
+    let mut parent = Shell::preloaded(&machine, &limit_env());
+    parent.start(0);
+    parent.ok(&format!("alloc {}", 2 * CHUNK));
+    let before = checked_region(&machine);
+    let parent_slot = before.slot_of(parent.pid()).expect("parent slot").clone();
+    let fork = parent.ok(&format!("fork_alloc {CHUNK}"));
+    for key in ["init", "ctx", "alloc"] {
         assert_eq!(
-            (fork.int("init"), fork.int("ctx"), fork.int("alloc")),
-            (0, 0, 0),
-            "after_init={after_init}: the child's calls: {}",
-            fork.line
-        );
-        let child = fork.u64("child") as u32;
-        let r = checked_region(&machine);
-        let child_slot = r.slot_of(child).unwrap_or_else(|| {
-            panic!(
-                "after_init={after_init}: no slot for child {child}\n{}",
-                r.dump()
-            )
-        });
-        assert!(
-            child_slot.used[0].data_size >= CHUNK,
-            "the child's bytes go to its own slot\n{}",
-            r.dump()
-        );
-        if after_init {
-            let parent_slot = r
-                .slot_of(parent.pid())
-                .unwrap_or_else(|| panic!("no parent slot\n{}", r.dump()));
-            assert_ne!(parent_slot.index, child_slot.index);
-            assert_eq!(
-                parent_slot.used[0].total,
-                parent_used,
-                "the parent's slot must not move\n{}",
-                r.dump()
-            );
-            // The child counts against the same container limit.
-            let (free, total) = parent.info();
-            assert_eq!(
-                total - free,
-                r.device_used(0),
-                "the parent sees the child's usage\n{}",
-                r.dump()
-            );
-        }
-        let done = parent.ok("fork_release");
-        assert_eq!(done.int("exited"), 1, "{}", done.line);
-        let r = checked_region(&machine);
-        assert!(
-            r.slot_of(child).is_none(),
-            "the exited child's slot is still counted\n{}",
-            r.dump()
-        );
-        assert_eq!(
-            r.device_used(0),
-            parent_used,
-            "the child's usage outlived it\n{}",
-            r.dump()
+            fork.int(key),
+            driver.int(key),
+            "the child's {key}: {} (driver: {})",
+            fork.line,
+            driver.line
         );
     }
+    let during = checked_region(&machine);
+    assert_eq!(
+        during.slot_of(parent.pid()).map(|s| s.used),
+        Some(parent_slot.used),
+        "{}",
+        during.dump()
+    );
+    assert_eq!(
+        during.device_used(0),
+        before.device_used(0),
+        "{}",
+        during.dump()
+    );
+    let done = parent.ok("fork_release");
+    assert_eq!(done.int("exited"), 1, "{}", done.line);
+    let after = checked_region(&machine);
+    let slot = after.slot_of(parent.pid()).unwrap_or_else(|| {
+        panic!(
+            "the child's exit released the parent's slot\n{}",
+            after.dump()
+        )
+    });
+    assert_eq!(
+        slot.used,
+        parent_slot.used,
+        "the child's exit changed the parent's slot\n{}",
+        after.dump()
+    );
+    let (free, total) = parent.info();
+    assert_eq!(total - free, after.device_used(0));
+    parent.ok(&format!("alloc {CHUNK}"));
 }
 
 #[test]
 fn a_forked_child_is_held_to_the_containers_limit() {
     let machine = SimMachine::new("mp-fork-limit");
     let _dump = DumpOnFailure(machine.region_file());
+    let mut holder = Shell::preloaded(&machine, &limit_env());
+    holder.start(0);
+    holder.ok(&format!("alloc {}", 192 * MIB));
     let mut parent = Shell::preloaded(&machine, &limit_env());
-    parent.start(0);
-    parent.ok(&format!("alloc {}", 192 * MIB));
     let fork = parent.ok(&format!("fork_alloc {}", 64 * MIB));
+    assert_eq!((fork.int("init"), fork.int("ctx")), (0, 0), "{}", fork.line);
     assert_eq!(
         fork.int("alloc"),
         2,

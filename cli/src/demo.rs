@@ -196,7 +196,9 @@ pub fn demo(duration: Duration, keep: bool) -> Result<i32, String> {
     }
     let interactive = crate::sys::is_terminal(1);
 
-    say(&format!("vgpu demo: two containers share one simulated {GPU_TEXT}"));
+    say(&format!(
+        "vgpu demo: two containers share one simulated {GPU_TEXT}"
+    ));
     say("");
     say(&format!("  alpha  --memory {ALPHA_MEMORY}              allocates {ALPHA_CHUNK} at a time, wants 2 GiB"));
     say(&format!(

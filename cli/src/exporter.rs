@@ -245,7 +245,7 @@ pub fn serve(listen: &str, dir: &Path) -> Result<i32, String> {
             );
             continue;
         }
-        let shared = Arc::clone(&shared);
+        // If the thread cannot start, the closure is dropped unrun: give its connection slot back here.
         let spawned = std::thread::Builder::new()
             .name("vgpu-scrape".into())
             .spawn({

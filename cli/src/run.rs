@@ -50,6 +50,14 @@ impl RunPlan {
         let priority = priority
             .map(|t| limits::parse_priority(t).map_err(|why| format!("--priority {t:?}: {why}")))
             .transpose()?;
+        // Absolute, so that every process of the "container" names the same file whatever its cwd.
+        let region = match region {
+            Some(path) => Some(
+                std::path::absolute(&path)
+                    .map_err(|e| format!("--region {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
         Ok(RunPlan {
             memory,
             cores,

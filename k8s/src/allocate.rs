@@ -28,7 +28,9 @@ impl HostLayout {
     }
 
     pub fn library(&self) -> PathBuf {
-        let versioned = self.hook_dir.join(format!("libvgpu.so.{}", self.library_version));
+        let versioned = self
+            .hook_dir
+            .join(format!("libvgpu.so.{}", self.library_version));
         if versioned.is_file() {
             versioned
         } else {
@@ -52,12 +54,21 @@ pub struct Grant {
 
 /// Fixed slices: each requested replica adds the node's per-replica memory and cores on its GPU.
 /// GPUs keep the order in which their first replica was requested.
-pub fn fixed_slice_grants(replica_ids: &[String], gpus: &[Gpu], config: &NodeConfig) -> Result<Vec<Grant>, String> {
+pub fn fixed_slice_grants(
+    replica_ids: &[String],
+    gpus: &[Gpu],
+    config: &NodeConfig,
+) -> Result<Vec<Grant>, String> {
     let mut order: Vec<&Gpu> = Vec::new();
     let mut replicas: HashMap<&str, u64> = HashMap::new();
     for id in replica_ids {
-        let uuid = parse_replica_id(id).map(|(u, _)| u).ok_or_else(|| format!("device ID {id:?} is not <UUID>-<n>"))?;
-        let gpu = gpus.iter().find(|g| g.uuid == uuid).ok_or_else(|| format!("device ID {id:?} names no GPU of this plugin"))?;
+        let uuid = parse_replica_id(id)
+            .map(|(u, _)| u)
+            .ok_or_else(|| format!("device ID {id:?} is not <UUID>-<n>"))?;
+        let gpu = gpus
+            .iter()
+            .find(|g| g.uuid == uuid)
+            .ok_or_else(|| format!("device ID {id:?} names no GPU of this plugin"))?;
         let count = replicas.entry(gpu.uuid.as_str()).or_insert(0);
         if *count == 0 {
             order.push(gpu);
@@ -91,7 +102,11 @@ pub struct ContainerTarget {
 
 impl ContainerTarget {
     pub fn new(pod_uid: &str, container: &str) -> ContainerTarget {
-        ContainerTarget { dir_name: format!("{pod_uid}_{container}"), disable_control: false, priority: None }
+        ContainerTarget {
+            dir_name: format!("{pod_uid}_{container}"),
+            disable_control: false,
+            priority: None,
+        }
     }
 }
 
@@ -108,22 +123,40 @@ pub fn container_response(
     let uuids: Vec<&str> = grants.iter().map(|g| g.uuid.as_str()).collect();
     envs.insert("NVIDIA_VISIBLE_DEVICES".to_string(), uuids.join(","));
     for (i, grant) in grants.iter().enumerate() {
-        envs.insert(format!("CUDA_DEVICE_MEMORY_LIMIT_{i}"), format!("{}m", grant.memory_mib));
+        envs.insert(
+            format!("CUDA_DEVICE_MEMORY_LIMIT_{i}"),
+            format!("{}m", grant.memory_mib),
+        );
     }
     // One SM limit for all devices, the first device's (HAMi does the same).
-    envs.insert("CUDA_DEVICE_SM_LIMIT".to_string(), grants.first().map(|g| g.cores).unwrap_or(0).to_string());
-    envs.insert("CUDA_DEVICE_MEMORY_SHARED_CACHE".to_string(), format!("{CONTAINER_HOOK_DIR}/{cache_name}"));
-    envs.insert("LIBCUDA_LOG_LEVEL".to_string(), config.libcuda_log_level.to_string());
+    envs.insert(
+        "CUDA_DEVICE_SM_LIMIT".to_string(),
+        grants.first().map(|g| g.cores).unwrap_or(0).to_string(),
+    );
+    envs.insert(
+        "CUDA_DEVICE_MEMORY_SHARED_CACHE".to_string(),
+        format!("{CONTAINER_HOOK_DIR}/{cache_name}"),
+    );
+    envs.insert(
+        "LIBCUDA_LOG_LEVEL".to_string(),
+        config.libcuda_log_level.to_string(),
+    );
     if config.memory_scaling > 1.0 {
         envs.insert("CUDA_OVERSUBSCRIBE".to_string(), "true".to_string());
     }
     match config.core_policy {
         CorePolicy::Default => {}
         CorePolicy::Force => {
-            envs.insert("GPU_CORE_UTILIZATION_POLICY".to_string(), "force".to_string());
+            envs.insert(
+                "GPU_CORE_UTILIZATION_POLICY".to_string(),
+                "force".to_string(),
+            );
         }
         CorePolicy::Disable => {
-            envs.insert("GPU_CORE_UTILIZATION_POLICY".to_string(), "disable".to_string());
+            envs.insert(
+                "GPU_CORE_UTILIZATION_POLICY".to_string(),
+                "disable".to_string(),
+            );
         }
     }
     if let Some(priority) = target.priority {
@@ -138,7 +171,11 @@ pub fn container_response(
     // The directory first: the library mount sits inside it, so a runtime that mounts in order
     // gets the right result too.
     let mut mounts = vec![
-        mount(CONTAINER_HOOK_DIR, &layout.containers_dir().join(&target.dir_name), false),
+        mount(
+            CONTAINER_HOOK_DIR,
+            &layout.containers_dir().join(&target.dir_name),
+            false,
+        ),
         mount(CONTAINER_LIBRARY, &layout.library(), true),
     ];
     if !target.disable_control {
@@ -146,14 +183,21 @@ pub fn container_response(
     }
     // Not mounted: HAMi's /tmp/vgpulock. vgpu takes no node-global locks (hami-contract.md 1.4), and a
     // directory shared writable by every container on the node is only a liability.
-    ContainerAllocateResponse { envs, mounts, ..Default::default() }
+    ContainerAllocateResponse {
+        envs,
+        mounts,
+        ..Default::default()
+    }
 }
 
 /// Creates the container's host directory afresh, mode 0777 (processes in the container run as any
 /// user), with an empty `libvgpu.so` placeholder for the library's bind mount to land on.
 pub fn prepare_container_dir(layout: &HostLayout, dir_name: &str) -> std::io::Result<PathBuf> {
     if dir_name.is_empty() || dir_name.contains('/') || dir_name.starts_with('.') {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("bad directory name {dir_name:?}")));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("bad directory name {dir_name:?}"),
+        ));
     }
     let dir = layout.containers_dir().join(dir_name);
     match std::fs::remove_dir_all(&dir) {
@@ -173,21 +217,48 @@ mod tests {
 
     fn gpus() -> Vec<Gpu> {
         vec![
-            Gpu { index: 0, uuid: "GPU-a".into(), name: "A".into(), memory_bytes: 40 << 30, numa: None },
-            Gpu { index: 1, uuid: "GPU-b".into(), name: "B".into(), memory_bytes: 24 << 30, numa: None },
+            Gpu {
+                index: 0,
+                uuid: "GPU-a".into(),
+                name: "A".into(),
+                memory_bytes: 40 << 30,
+                numa: None,
+            },
+            Gpu {
+                index: 1,
+                uuid: "GPU-b".into(),
+                name: "B".into(),
+                memory_bytes: 24 << 30,
+                numa: None,
+            },
         ]
     }
 
     #[test]
     fn fixed_slices_add_up_per_gpu() {
-        let config = NodeConfig { split_count: 4, replica_cores: 30, ..NodeConfig::default() };
-        let ids: Vec<String> = ["GPU-b-1", "GPU-a-0", "GPU-b-3", "GPU-b-2", "GPU-b-0"].iter().map(|s| s.to_string()).collect();
+        let config = NodeConfig {
+            split_count: 4,
+            replica_cores: 30,
+            ..NodeConfig::default()
+        };
+        let ids: Vec<String> = ["GPU-b-1", "GPU-a-0", "GPU-b-3", "GPU-b-2", "GPU-b-0"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let grants = fixed_slice_grants(&ids, &gpus(), &config).unwrap();
         assert_eq!(
             grants,
             vec![
-                Grant { uuid: "GPU-b".into(), memory_mib: 24576, cores: 100 },
-                Grant { uuid: "GPU-a".into(), memory_mib: 10240, cores: 30 },
+                Grant {
+                    uuid: "GPU-b".into(),
+                    memory_mib: 24576,
+                    cores: 100
+                },
+                Grant {
+                    uuid: "GPU-a".into(),
+                    memory_mib: 10240,
+                    cores: 30
+                },
             ]
         );
         assert!(fixed_slice_grants(&["GPU-z-0".to_string()], &gpus(), &config).is_err());
@@ -196,24 +267,50 @@ mod tests {
 
     #[test]
     fn response_carries_the_contract() {
-        let layout = HostLayout { hook_dir: "/usr/local/vgpu".into(), library_version: "0.0.0-none".into() };
-        let grants = vec![Grant { uuid: "GPU-a".into(), memory_mib: 3000, cores: 30 }, Grant { uuid: "GPU-b".into(), memory_mib: 5000, cores: 0 }];
+        let layout = HostLayout {
+            hook_dir: "/usr/local/vgpu".into(),
+            library_version: "0.0.0-none".into(),
+        };
+        let grants = vec![
+            Grant {
+                uuid: "GPU-a".into(),
+                memory_mib: 3000,
+                cores: 30,
+            },
+            Grant {
+                uuid: "GPU-b".into(),
+                memory_mib: 5000,
+                cores: 0,
+            },
+        ];
         let mut target = ContainerTarget::new("uid1", "main");
         target.priority = Some(0);
-        let config = NodeConfig { core_policy: CorePolicy::Force, ..NodeConfig::default() };
+        let config = NodeConfig {
+            core_policy: CorePolicy::Force,
+            ..NodeConfig::default()
+        };
         let r = container_response(&grants, &target, &config, &layout, "x.cache");
         assert_eq!(r.envs["NVIDIA_VISIBLE_DEVICES"], "GPU-a,GPU-b");
         assert_eq!(r.envs["CUDA_DEVICE_MEMORY_LIMIT_0"], "3000m");
         assert_eq!(r.envs["CUDA_DEVICE_MEMORY_LIMIT_1"], "5000m");
         assert_eq!(r.envs["CUDA_DEVICE_SM_LIMIT"], "30");
-        assert_eq!(r.envs["CUDA_DEVICE_MEMORY_SHARED_CACHE"], "/usr/local/vgpu/x.cache");
+        assert_eq!(
+            r.envs["CUDA_DEVICE_MEMORY_SHARED_CACHE"],
+            "/usr/local/vgpu/x.cache"
+        );
         assert_eq!(r.envs["GPU_CORE_UTILIZATION_POLICY"], "force");
         assert_eq!(r.envs["CUDA_TASK_PRIORITY"], "0");
         assert_eq!(r.mounts.len(), 3);
-        assert_eq!(r.mounts[0].host_path, "/usr/local/vgpu/containers/uid1_main");
+        assert_eq!(
+            r.mounts[0].host_path,
+            "/usr/local/vgpu/containers/uid1_main"
+        );
         assert_eq!(r.mounts[2].container_path, "/etc/ld.so.preload");
         target.disable_control = true;
         let r = container_response(&grants, &target, &config, &layout, "x.cache");
-        assert!(r.mounts.iter().all(|m| m.container_path != "/etc/ld.so.preload"));
+        assert!(r
+            .mounts
+            .iter()
+            .all(|m| m.container_path != "/etc/ld.so.preload"));
     }
 }

@@ -99,7 +99,9 @@ impl NodeConfig {
     pub fn replica_memory_mib(&self, gpu_memory_bytes: u64) -> u64 {
         let bytes = match self.replica_memory {
             ReplicaMemory::EvenShare => gpu_memory_bytes / u64::from(self.split_count.max(1)),
-            ReplicaMemory::Percent(p) => (u128::from(gpu_memory_bytes) * u128::from(p) / 100) as u64,
+            ReplicaMemory::Percent(p) => {
+                (u128::from(gpu_memory_bytes) * u128::from(p) / 100) as u64
+            }
             ReplicaMemory::Bytes(b) => b.min(gpu_memory_bytes),
         };
         bytes >> 20
@@ -107,14 +109,17 @@ impl NodeConfig {
 
     /// Reads `path` and picks this node's settings. `Err` names the file, the key and the reason.
     pub fn load(path: &Path, node_name: &str) -> Result<NodeConfig, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("node config {}: {e}", path.display()))?;
-        NodeConfig::parse(&text, node_name).map_err(|e| format!("node config {}: {e}", path.display()))
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("node config {}: {e}", path.display()))?;
+        NodeConfig::parse(&text, node_name)
+            .map_err(|e| format!("node config {}: {e}", path.display()))
     }
 
     /// Parses the TOML text and picks this node's settings: the top level, overridden by the first
     /// `[[node]]` whose `name` is `node_name`.
     pub fn parse(text: &str, node_name: &str) -> Result<NodeConfig, String> {
-        let raw: RawSettings = toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))?;
+        let raw: RawSettings =
+            toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))?;
         if raw.name.is_some() {
             return Err("`name` belongs in a [[node]] section, not at the top level".to_string());
         }
@@ -123,13 +128,19 @@ impl NodeConfig {
         let sections = raw.node.unwrap_or_default();
         for (i, section) in sections.iter().enumerate() {
             if section.node.is_some() {
-                return Err(format!("node[{i}]: a [[node]] section cannot hold [[node]] sections"));
+                return Err(format!(
+                    "node[{i}]: a [[node]] section cannot hold [[node]] sections"
+                ));
             }
             if section.name.is_none() {
                 return Err(format!("node[{i}]: `name` is missing"));
             }
         }
-        if let Some((i, section)) = sections.iter().enumerate().find(|(_, s)| s.name.as_deref() == Some(node_name)) {
+        if let Some((i, section)) = sections
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.name.as_deref() == Some(node_name))
+        {
             section.apply_to(&mut config, &format!("node[{i}] ({node_name}): "))?;
         }
         Ok(config)
@@ -164,14 +175,24 @@ impl RawSettings {
         };
         if let Some(v) = &self.resource_name {
             if !valid_resource_name(v) {
-                return Err(bad("resource_name", v, "a resource name like \"nvidia.com/gpu\""));
+                return Err(bad(
+                    "resource_name",
+                    v,
+                    "a resource name like \"nvidia.com/gpu\"",
+                ));
             }
             config.resource_name = v.clone();
         }
         if let Some(v) = self.split_count {
             match u32::try_from(v) {
                 Ok(n @ 1..=MAX_SPLIT_COUNT) => config.split_count = n,
-                _ => return Err(bad("split_count", &v, &format!("an integer in 1..={MAX_SPLIT_COUNT}"))),
+                _ => {
+                    return Err(bad(
+                        "split_count",
+                        &v,
+                        &format!("an integer in 1..={MAX_SPLIT_COUNT}"),
+                    ))
+                }
             }
         }
         if let Some(v) = &self.replica_memory {
@@ -186,7 +207,13 @@ impl RawSettings {
         if let Some(v) = self.replica_cores {
             match u32::try_from(v) {
                 Ok(n @ 0..=100) => config.replica_cores = n,
-                _ => return Err(bad("replica_cores", &v, "an integer percentage in 0..=100 (0: no SM limit)")),
+                _ => {
+                    return Err(bad(
+                        "replica_cores",
+                        &v,
+                        "an integer percentage in 0..=100 (0: no SM limit)",
+                    ))
+                }
             }
         }
         if let Some(v) = self.memory_scaling {
@@ -213,7 +240,13 @@ impl RawSettings {
                 "default" => CorePolicy::Default,
                 "force" => CorePolicy::Force,
                 "disable" => CorePolicy::Disable,
-                _ => return Err(bad("core_policy", v, "\"default\", \"force\" or \"disable\"")),
+                _ => {
+                    return Err(bad(
+                        "core_policy",
+                        v,
+                        "\"default\", \"force\" or \"disable\"",
+                    ))
+                }
             };
         }
         if let Some(v) = self.libcuda_log_level {
@@ -224,9 +257,17 @@ impl RawSettings {
         }
         for (key, value, target) in [
             ("use_types", &self.use_types, &mut config.use_types),
-            ("exclude_types", &self.exclude_types, &mut config.exclude_types),
+            (
+                "exclude_types",
+                &self.exclude_types,
+                &mut config.exclude_types,
+            ),
             ("use_uuids", &self.use_uuids, &mut config.use_uuids),
-            ("exclude_uuids", &self.exclude_uuids, &mut config.exclude_uuids),
+            (
+                "exclude_uuids",
+                &self.exclude_uuids,
+                &mut config.exclude_uuids,
+            ),
         ] {
             if let Some(list) = value {
                 if list.iter().any(|e| e.trim().is_empty()) {
@@ -245,7 +286,10 @@ fn parse_replica_memory(text: &str) -> Option<ReplicaMemory> {
         return Some(ReplicaMemory::EvenShare);
     }
     if let Some(percent) = text.strip_suffix('%') {
-        if percent.is_empty() || !percent.bytes().all(|b| b.is_ascii_digit()) || percent.starts_with('0') {
+        if percent.is_empty()
+            || !percent.bytes().all(|b| b.is_ascii_digit())
+            || percent.starts_with('0')
+        {
             return None;
         }
         return match percent.parse::<u32>().ok()? {
@@ -265,7 +309,9 @@ fn parse_replica_memory(text: &str) -> Option<ReplicaMemory> {
 fn valid_resource_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._/".contains(&b))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._/".contains(&b))
         && name.matches('/').count() <= 1
 }
 
@@ -293,10 +339,16 @@ mod tests {
             split_count = 2
         "#;
         let a = NodeConfig::parse(text, "a").unwrap();
-        assert_eq!((a.split_count, a.replica_memory, a.replica_cores), (4, ReplicaMemory::Bytes(10 << 30), 25));
+        assert_eq!(
+            (a.split_count, a.replica_memory, a.replica_cores),
+            (4, ReplicaMemory::Bytes(10 << 30), 25)
+        );
         assert_eq!(a.preferred_allocation, Policy::Binpack);
         let b = NodeConfig::parse(text, "b").unwrap();
-        assert_eq!((b.split_count, b.replica_memory), (2, ReplicaMemory::Percent(25)));
+        assert_eq!(
+            (b.split_count, b.replica_memory),
+            (2, ReplicaMemory::Percent(25))
+        );
         assert_eq!(NodeConfig::parse(text, "other").unwrap().split_count, 4);
     }
 
@@ -331,7 +383,10 @@ mod tests {
     #[test]
     fn replica_memory_in_mib() {
         let gib40 = 40u64 << 30;
-        let mut c = NodeConfig { split_count: 4, ..NodeConfig::default() };
+        let mut c = NodeConfig {
+            split_count: 4,
+            ..NodeConfig::default()
+        };
         assert_eq!(c.replica_memory_mib(gib40), 10240);
         c.replica_memory = ReplicaMemory::Percent(30);
         assert_eq!(c.replica_memory_mib(gib40), 12288);

@@ -48,8 +48,13 @@ pub fn plan_removals(
     entries
         .iter()
         .filter(|(name, modified)| {
-            let Some(uid) = pod_uid_of(name) else { return false };
-            let old_enough = now.duration_since(*modified).map(|age| age >= grace).unwrap_or(false);
+            let Some(uid) = pod_uid_of(name) else {
+                return false;
+            };
+            let old_enough = now
+                .duration_since(*modified)
+                .map(|age| age >= grace)
+                .unwrap_or(false);
             !live_uids.contains(uid) && old_enough
         })
         .map(|(name, _)| name.clone())
@@ -66,12 +71,19 @@ pub async fn gc_once(kube: &KubeClient, options: &GcOptions) -> Result<GcReport,
     let live: HashSet<String> = pods.into_iter().map(|p| p.metadata.uid).collect();
     let entries = read_entries(&options.dir)?;
     let plan = plan_removals(&entries, &live, SystemTime::now(), options.grace);
-    let mut report = GcReport { kept: entries.len() - plan.len(), ..GcReport::default() };
+    let mut report = GcReport {
+        kept: entries.len() - plan.len(),
+        ..GcReport::default()
+    };
     for name in plan {
         let path = options.dir.join(&name);
         match std::fs::remove_dir_all(&path) {
             Ok(()) => {
-                log_info!("removed {} (its pod is no longer on node {})", path.display(), options.node_name);
+                log_info!(
+                    "removed {} (its pod is no longer on node {})",
+                    path.display(),
+                    options.node_name
+                );
                 report.removed.push(name);
             }
             Err(e) => log_warn!("cannot remove {}: {e}", path.display()),
@@ -88,12 +100,16 @@ fn read_entries(dir: &Path) -> Result<Vec<(String, SystemTime)>, String> {
     };
     let mut entries = Vec::new();
     for entry in listing.flatten() {
-        let Ok(meta) = std::fs::symlink_metadata(entry.path()) else { continue };
+        let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+            continue;
+        };
         // Only real directories: a symlink planted here must not make us delete its target.
         if !meta.is_dir() {
             continue;
         }
-        let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
         entries.push((name, meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
     }
     Ok(entries)
@@ -126,6 +142,9 @@ mod tests {
             ("unknown-12_main".to_string(), old),
         ];
         let live = HashSet::from([UID.to_string()]);
-        assert_eq!(plan_removals(&entries, &live, now, Duration::from_secs(300)), vec![format!("{GONE}_main")]);
+        assert_eq!(
+            plan_removals(&entries, &live, now, Duration::from_secs(300)),
+            vec![format!("{GONE}_main")]
+        );
     }
 }

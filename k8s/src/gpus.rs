@@ -55,7 +55,10 @@ pub struct NvmlSource {
 
 impl NvmlSource {
     pub fn open(library: &str) -> Result<NvmlSource, String> {
-        Ok(NvmlSource { nvml: Nvml::open(library)?, handles: Mutex::new(HashMap::new()) })
+        Ok(NvmlSource {
+            nvml: Nvml::open(library)?,
+            handles: Mutex::new(HashMap::new()),
+        })
     }
 
     fn handle(&self, index: u32) -> Result<DeviceHandle, crate::nvml::NvmlError> {
@@ -91,13 +94,24 @@ impl GpuSource for NvmlSource {
                 Err(e) => (0, Health::Unhealthy(e.to_string())),
             };
             let numa = self.nvml.numa_node(handle);
-            gpus.push((Gpu { index, uuid, name, memory_bytes, numa }, health));
+            gpus.push((
+                Gpu {
+                    index,
+                    uuid,
+                    name,
+                    memory_bytes,
+                    numa,
+                },
+                health,
+            ));
         }
         Ok(gpus)
     }
 
     fn health(&self, gpu: &Gpu) -> Health {
-        let probe = self.handle(gpu.index).and_then(|h| self.nvml.memory_total(h));
+        let probe = self
+            .handle(gpu.index)
+            .and_then(|h| self.nvml.memory_total(h));
         match probe {
             Ok(_) => Health::Healthy,
             Err(e) if e.is_gpu_lost() || e.is_reset_required() => Health::Unhealthy(e.to_string()),
@@ -118,9 +132,15 @@ pub fn filter_gpus<T>(gpus: Vec<(Gpu, T)>, config: &NodeConfig) -> (Vec<(Gpu, T)
         let type_matches = |entry: &String| name.contains(&entry.trim().to_ascii_lowercase());
         let uuid_matches = |entry: &String| entry.trim() == gpu.uuid;
         let reason = if !config.use_types.is_empty() && !config.use_types.iter().any(type_matches) {
-            Some(format!("type {:?} is not in use_types {:?}", gpu.name, config.use_types))
+            Some(format!(
+                "type {:?} is not in use_types {:?}",
+                gpu.name, config.use_types
+            ))
         } else if config.exclude_types.iter().any(type_matches) {
-            Some(format!("type {:?} matches exclude_types {:?}", gpu.name, config.exclude_types))
+            Some(format!(
+                "type {:?} matches exclude_types {:?}",
+                gpu.name, config.exclude_types
+            ))
         } else if !config.use_uuids.is_empty() && !config.use_uuids.iter().any(uuid_matches) {
             Some("UUID is not in use_uuids".to_string())
         } else if config.exclude_uuids.iter().any(uuid_matches) {
@@ -129,7 +149,10 @@ pub fn filter_gpus<T>(gpus: Vec<(Gpu, T)>, config: &NodeConfig) -> (Vec<(Gpu, T)
             None
         };
         match reason {
-            Some(r) => dropped.push(format!("GPU {} ({}): {r}; not advertised", gpu.index, gpu.uuid)),
+            Some(r) => dropped.push(format!(
+                "GPU {} ({}): {r}; not advertised",
+                gpu.index, gpu.uuid
+            )),
             None => kept.push((gpu, extra)),
         }
     }
@@ -155,14 +178,26 @@ mod tests {
     use super::*;
 
     fn gpu(index: u32, uuid: &str, name: &str) -> (Gpu, ()) {
-        (Gpu { index, uuid: uuid.into(), name: name.into(), memory_bytes: 1 << 34, numa: None }, ())
+        (
+            Gpu {
+                index,
+                uuid: uuid.into(),
+                name: name.into(),
+                memory_bytes: 1 << 34,
+                numa: None,
+            },
+            (),
+        )
     }
 
     #[test]
     fn replica_ids_round_trip() {
         let id = replica_id("GPU-0f3a2b1c-aaaa-bbbb-cccc-0123456789ab", 7);
         assert_eq!(id, "GPU-0f3a2b1c-aaaa-bbbb-cccc-0123456789ab-7");
-        assert_eq!(parse_replica_id(&id), Some(("GPU-0f3a2b1c-aaaa-bbbb-cccc-0123456789ab", 7)));
+        assert_eq!(
+            parse_replica_id(&id),
+            Some(("GPU-0f3a2b1c-aaaa-bbbb-cccc-0123456789ab", 7))
+        );
         assert_eq!(parse_replica_id("GPU-x-"), None);
         assert_eq!(parse_replica_id("nodash"), None);
         assert_eq!(parse_replica_id("GPU-x-1a"), None);
@@ -170,20 +205,37 @@ mod tests {
 
     #[test]
     fn filters_follow_hami_semantics() {
-        let all = vec![gpu(0, "GPU-a", "NVIDIA A100-SXM4-40GB"), gpu(1, "GPU-b", "NVIDIA L4"), gpu(2, "GPU-c", "NVIDIA L4")];
-        let mut config = NodeConfig::default();
-        config.use_types = vec!["a100".into()];
+        let all = vec![
+            gpu(0, "GPU-a", "NVIDIA A100-SXM4-40GB"),
+            gpu(1, "GPU-b", "NVIDIA L4"),
+            gpu(2, "GPU-c", "NVIDIA L4"),
+        ];
+        let config = NodeConfig {
+            use_types: vec!["a100".into()],
+            ..NodeConfig::default()
+        };
         let (kept, dropped) = filter_gpus(all.clone(), &config);
         assert_eq!(kept.iter().map(|g| g.0.index).collect::<Vec<_>>(), vec![0]);
         assert_eq!(dropped.len(), 2);
 
-        let mut config = NodeConfig::default();
-        config.exclude_types = vec!["L4".into()];
-        config.exclude_uuids = vec![" GPU-a ".into()];
+        let config = NodeConfig {
+            exclude_types: vec!["L4".into()],
+            exclude_uuids: vec![" GPU-a ".into()],
+            ..NodeConfig::default()
+        };
         assert!(filter_gpus(all.clone(), &config).0.is_empty());
 
-        let mut config = NodeConfig::default();
-        config.use_uuids = vec!["GPU-c".into(), "GPU-zzz".into()];
-        assert_eq!(filter_gpus(all, &config).0.iter().map(|g| g.0.index).collect::<Vec<_>>(), vec![2]);
+        let config = NodeConfig {
+            use_uuids: vec!["GPU-c".into(), "GPU-zzz".into()],
+            ..NodeConfig::default()
+        };
+        assert_eq!(
+            filter_gpus(all, &config)
+                .0
+                .iter()
+                .map(|g| g.0.index)
+                .collect::<Vec<_>>(),
+            vec![2]
+        );
     }
 }

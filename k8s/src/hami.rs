@@ -53,7 +53,11 @@ impl DevicesAnnotation {
     /// The first segment that still lists devices: its position (the container's index among init +
     /// regular containers) and the devices. `Err` when that segment is malformed.
     pub fn next(&self) -> Option<(usize, Result<Vec<ChosenDevice>, String>)> {
-        let (i, segment) = self.segments.iter().enumerate().find(|(_, s)| !s.trim().is_empty())?;
+        let (i, segment) = self
+            .segments
+            .iter()
+            .enumerate()
+            .find(|(_, s)| !s.trim().is_empty())?;
         Some((i, parse_segment(segment)))
     }
 
@@ -78,7 +82,9 @@ fn parse_segment(segment: &str) -> Result<Vec<ChosenDevice>, String> {
     for item in segment.split(':').map(str::trim).filter(|s| !s.is_empty()) {
         let fields: Vec<&str> = item.split(',').map(str::trim).collect();
         if fields.len() < 4 {
-            return Err(format!("device {item:?} is not UUID,VENDOR,MEMORY_MIB,CORES"));
+            return Err(format!(
+                "device {item:?} is not UUID,VENDOR,MEMORY_MIB,CORES"
+            ));
         }
         let uuid = fields[0];
         if uuid.is_empty() {
@@ -88,13 +94,28 @@ fn parse_segment(segment: &str) -> Result<Vec<ChosenDevice>, String> {
             .parse::<u64>()
             .ok()
             .filter(|&m| m > 0 && m <= i32::MAX as u64)
-            .ok_or_else(|| format!("device {item:?}: memory {:?} is not a MiB count in 1..=2147483647", fields[2]))?;
+            .ok_or_else(|| {
+                format!(
+                    "device {item:?}: memory {:?} is not a MiB count in 1..=2147483647",
+                    fields[2]
+                )
+            })?;
         let cores = fields[3]
             .parse::<u32>()
             .ok()
             .filter(|&c| c <= 100)
-            .ok_or_else(|| format!("device {item:?}: cores {:?} is not a percentage in 0..=100", fields[3]))?;
-        devices.push(ChosenDevice { uuid: uuid.to_string(), vendor: fields[1].to_string(), memory_mib, cores });
+            .ok_or_else(|| {
+                format!(
+                    "device {item:?}: cores {:?} is not a percentage in 0..=100",
+                    fields[3]
+                )
+            })?;
+        devices.push(ChosenDevice {
+            uuid: uuid.to_string(),
+            vendor: fields[1].to_string(),
+            memory_mib,
+            cores,
+        });
     }
     if devices.is_empty() {
         return Err(format!("segment {segment:?} lists no device"));
@@ -174,15 +195,25 @@ mod tests {
 
     #[test]
     fn segments_pop_in_order_and_keep_empty_ones() {
-        let mut a = DevicesAnnotation::parse("GPU-aaaa,NVIDIA,3000,30:;;GPU-aaaa,NVIDIA,5000,0:GPU-bbbb,NVIDIA,100,0:;");
+        let mut a = DevicesAnnotation::parse(
+            "GPU-aaaa,NVIDIA,3000,30:;;GPU-aaaa,NVIDIA,5000,0:GPU-bbbb,NVIDIA,100,0:;",
+        );
         let (i, devices) = a.next().unwrap();
         assert_eq!(i, 0);
         assert_eq!(
             devices.unwrap(),
-            vec![ChosenDevice { uuid: "GPU-aaaa".into(), vendor: "NVIDIA".into(), memory_mib: 3000, cores: 30 }]
+            vec![ChosenDevice {
+                uuid: "GPU-aaaa".into(),
+                vendor: "NVIDIA".into(),
+                memory_mib: 3000,
+                cores: 30
+            }]
         );
         a.clear(0);
-        assert_eq!(a.encode(), ";;GPU-aaaa,NVIDIA,5000,0:GPU-bbbb,NVIDIA,100,0:;");
+        assert_eq!(
+            a.encode(),
+            ";;GPU-aaaa,NVIDIA,5000,0:GPU-bbbb,NVIDIA,100,0:;"
+        );
         let (i, devices) = a.next().unwrap();
         assert_eq!((i, devices.unwrap().len()), (2, 2));
         a.clear(2);
@@ -193,7 +224,13 @@ mod tests {
 
     #[test]
     fn malformed_segments_are_errors() {
-        for bad in ["GPU-a,NVIDIA,3000:;", "GPU-a,NVIDIA,lots,0:;", "GPU-a,NVIDIA,0,0:;", "GPU-a,NVIDIA,10,101:;", ",NVIDIA,1,1:;"] {
+        for bad in [
+            "GPU-a,NVIDIA,3000:;",
+            "GPU-a,NVIDIA,lots,0:;",
+            "GPU-a,NVIDIA,0,0:;",
+            "GPU-a,NVIDIA,10,101:;",
+            ",NVIDIA,1,1:;",
+        ] {
             let (_, r) = DevicesAnnotation::parse(bad).next().unwrap();
             assert!(r.is_err(), "{bad}");
         }
@@ -210,8 +247,17 @@ mod tests {
 
     #[test]
     fn register_json_matches_hami_field_names() {
-        let gpu = Gpu { index: 1, uuid: "GPU-b".into(), name: "Tesla T4".into(), memory_bytes: 16 << 30, numa: None };
-        let config = NodeConfig { split_count: 4, ..NodeConfig::default() };
+        let gpu = Gpu {
+            index: 1,
+            uuid: "GPU-b".into(),
+            name: "Tesla T4".into(),
+            memory_bytes: 16 << 30,
+            numa: None,
+        };
+        let config = NodeConfig {
+            split_count: 4,
+            ..NodeConfig::default()
+        };
         assert_eq!(
             register_annotation(&[(gpu, true)], &config),
             r#"[{"id":"GPU-b","index":1,"count":4,"devmem":16384,"devcore":100,"type":"NVIDIA-Tesla T4","mode":"hami-core","health":true}]"#

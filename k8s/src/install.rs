@@ -27,11 +27,19 @@ pub fn install(library: &Path, hook_dir: &Path, version: &str) -> std::io::Resul
         (versioned.as_str(), bytes.as_slice(), 0o755),
         ("libvgpu.so", bytes.as_slice(), 0o755),
         // The path inside containers, where Allocate mounts the library.
-        ("ld.so.preload", format!("{CONTAINER_LIBRARY}\n").as_bytes(), 0o644),
+        (
+            "ld.so.preload",
+            format!("{CONTAINER_LIBRARY}\n").as_bytes(),
+            0o644,
+        ),
     ] {
         let path = hook_dir.join(name);
         let changed = replace_atomically(&path, content, mode)?;
-        actions.push(format!("{} {}", if changed { "installed" } else { "unchanged" }, path.display()));
+        actions.push(format!(
+            "{} {}",
+            if changed { "installed" } else { "unchanged" },
+            path.display()
+        ));
     }
     Ok(actions)
 }
@@ -43,10 +51,17 @@ pub fn replace_atomically(path: &Path, content: &[u8], mode: u32) -> std::io::Re
         return Ok(false);
     }
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
-        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&temp)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&temp)?;
         file.write_all(content)?;
         file.set_permissions(std::fs::Permissions::from_mode(mode))?;
         file.sync_all()?;

@@ -57,7 +57,10 @@ pub struct KubeClient {
     host: String,
     port: u16,
     /// `Some` for https.
-    tls: Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>,
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
     /// Re-read on every call: projected service account tokens are rotated.
     token_file: Option<PathBuf>,
 }
@@ -66,23 +69,38 @@ impl KubeClient {
     /// The in-cluster client: `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`, the service
     /// account's token and CA.
     pub fn in_cluster() -> Result<KubeClient, String> {
-        let host = std::env::var("KUBERNETES_SERVICE_HOST")
-            .map_err(|_| "KUBERNETES_SERVICE_HOST is not set (not running in a cluster?)".to_string())?;
+        let host = std::env::var("KUBERNETES_SERVICE_HOST").map_err(|_| {
+            "KUBERNETES_SERVICE_HOST is not set (not running in a cluster?)".to_string()
+        })?;
         let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".to_string());
-        let host = if host.contains(':') { format!("[{host}]") } else { host };
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
         let dir = Path::new(SERVICE_ACCOUNT_DIR);
-        KubeClient::new(&format!("https://{host}:{port}"), Some(dir.join("token")), Some(&dir.join("ca.crt")))
+        KubeClient::new(
+            &format!("https://{host}:{port}"),
+            Some(dir.join("token")),
+            Some(&dir.join("ca.crt")),
+        )
     }
 
     /// A client for `base_url` (`http://host:port` or `https://host:port`). `ca_file` is required for
     /// https; `token_file`, when given, is sent as a bearer token.
-    pub fn new(base_url: &str, token_file: Option<PathBuf>, ca_file: Option<&Path>) -> Result<KubeClient, String> {
+    pub fn new(
+        base_url: &str,
+        token_file: Option<PathBuf>,
+        ca_file: Option<&Path>,
+    ) -> Result<KubeClient, String> {
         let (https, rest) = if let Some(rest) = base_url.strip_prefix("https://") {
             (true, rest)
         } else if let Some(rest) = base_url.strip_prefix("http://") {
             (false, rest)
         } else {
-            return Err(format!("API server URL {base_url:?} must start with http:// or https://"));
+            return Err(format!(
+                "API server URL {base_url:?} must start with http:// or https://"
+            ));
         };
         let authority = rest.trim_end_matches('/');
         let (host, port) = split_host_port(authority, if https { 443 } else { 80 })
@@ -93,23 +111,39 @@ impl KubeClient {
         } else {
             None
         };
-        Ok(KubeClient { host, port, tls, token_file })
+        Ok(KubeClient {
+            host,
+            port,
+            tls,
+            token_file,
+        })
     }
 
     pub async fn get_pod(&self, namespace: &str, name: &str) -> Result<Pod, KubeError> {
-        let body = self.call("GET", &format!("/api/v1/namespaces/{namespace}/pods/{name}"), None).await?;
+        let body = self
+            .call(
+                "GET",
+                &format!("/api/v1/namespaces/{namespace}/pods/{name}"),
+                None,
+            )
+            .await?;
         decode(&body)
     }
 
     /// Every pod bound to `node` (`fieldSelector=spec.nodeName=<node>`), in all namespaces.
     pub async fn list_node_pods(&self, node: &str) -> Result<Vec<Pod>, KubeError> {
-        let path = format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{}", percent_encode(node));
+        let path = format!(
+            "/api/v1/pods?fieldSelector=spec.nodeName%3D{}",
+            percent_encode(node)
+        );
         let body = self.call("GET", &path, None).await?;
         Ok(decode::<PodList>(&body)?.items)
     }
 
     pub async fn get_node(&self, name: &str) -> Result<Node, KubeError> {
-        let body = self.call("GET", &format!("/api/v1/nodes/{name}"), None).await?;
+        let body = self
+            .call("GET", &format!("/api/v1/nodes/{name}"), None)
+            .await?;
         decode(&body)
     }
 
@@ -121,7 +155,9 @@ impl KubeClient {
         annotations: &BTreeMap<String, Option<String>>,
     ) -> Result<(), KubeError> {
         let path = format!("/api/v1/namespaces/{namespace}/pods/{name}");
-        self.call("PATCH", &path, Some(annotation_patch(annotations))).await.map(drop)
+        self.call("PATCH", &path, Some(annotation_patch(annotations)))
+            .await
+            .map(drop)
     }
 
     pub async fn patch_node_annotations(
@@ -129,11 +165,23 @@ impl KubeClient {
         name: &str,
         annotations: &BTreeMap<String, Option<String>>,
     ) -> Result<(), KubeError> {
-        self.call("PATCH", &format!("/api/v1/nodes/{name}"), Some(annotation_patch(annotations))).await.map(drop)
+        self.call(
+            "PATCH",
+            &format!("/api/v1/nodes/{name}"),
+            Some(annotation_patch(annotations)),
+        )
+        .await
+        .map(drop)
     }
 
     /// Records a Warning or Normal event on a pod (what `kubectl describe pod` shows).
-    pub async fn pod_event(&self, pod: &Pod, event_type: &str, reason: &str, message: &str) -> Result<(), KubeError> {
+    pub async fn pod_event(
+        &self,
+        pod: &Pod,
+        event_type: &str,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), KubeError> {
         let now = crate::time::rfc3339(crate::time::now_epoch_secs());
         let event = serde_json::json!({
             "apiVersion": "v1",
@@ -159,39 +207,65 @@ impl KubeClient {
         });
         let path = format!("/api/v1/namespaces/{}/events", pod.metadata.namespace);
         let body = serde_json::to_vec(&event).map_err(|e| KubeError::Decode(e.to_string()))?;
-        self.call("POST", &path, Some(("application/json", body))).await.map(drop)
+        self.call("POST", &path, Some(("application/json", body)))
+            .await
+            .map(drop)
     }
 
-    async fn call(&self, method: &str, path: &str, body: Option<(&str, Vec<u8>)>) -> Result<Vec<u8>, KubeError> {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<Vec<u8>, KubeError> {
         match tokio::time::timeout(CALL_TIMEOUT, self.call_once(method, path, body)).await {
             Ok(result) => result,
-            Err(_) => Err(KubeError::Transport(format!("{method} {path}: no answer within {CALL_TIMEOUT:?}"))),
+            Err(_) => Err(KubeError::Transport(format!(
+                "{method} {path}: no answer within {CALL_TIMEOUT:?}"
+            ))),
         }
     }
 
-    async fn call_once(&self, method: &str, path: &str, body: Option<(&str, Vec<u8>)>) -> Result<Vec<u8>, KubeError> {
-        let transport = |e: &dyn std::fmt::Display| KubeError::Transport(format!("{method} {path}: {e}"));
+    async fn call_once(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<Vec<u8>, KubeError> {
+        let transport =
+            |e: &dyn std::fmt::Display| KubeError::Transport(format!("{method} {path}: {e}"));
         let mut request = hyper::Request::builder()
             .method(method)
             .uri(path)
             .header("host", format!("{}:{}", self.host, self.port))
             .header("accept", "application/json")
-            .header("user-agent", concat!("vgpu-device-plugin/", env!("CARGO_PKG_VERSION")));
+            .header(
+                "user-agent",
+                concat!("vgpu-device-plugin/", env!("CARGO_PKG_VERSION")),
+            );
         if let Some(token_file) = &self.token_file {
-            let token = std::fs::read_to_string(token_file).map_err(|e| transport(&format!("{}: {e}", token_file.display())))?;
+            let token = std::fs::read_to_string(token_file)
+                .map_err(|e| transport(&format!("{}: {e}", token_file.display())))?;
             request = request.header("authorization", format!("Bearer {}", token.trim()));
         }
         let (content_type, bytes) = body.unwrap_or(("application/json", Vec::new()));
         if method != "GET" {
             request = request.header("content-type", content_type);
         }
-        let request = request.body(Full::new(Bytes::from(bytes))).map_err(|e| transport(&e))?;
+        let request = request
+            .body(Full::new(Bytes::from(bytes)))
+            .map_err(|e| transport(&e))?;
         let host = self.host.trim_start_matches('[').trim_end_matches(']');
-        let tcp = TcpStream::connect((host, self.port)).await.map_err(|e| transport(&e))?;
+        let tcp = TcpStream::connect((host, self.port))
+            .await
+            .map_err(|e| transport(&e))?;
         let _ = tcp.set_nodelay(true);
         let response = match &self.tls {
             Some((connector, name)) => {
-                let stream = connector.connect(name.clone(), tcp).await.map_err(|e| transport(&e))?;
+                let stream = connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| transport(&e))?;
                 send(TokioIo::new(stream), request).await
             }
             None => send(TokioIo::new(tcp), request).await,
@@ -199,7 +273,10 @@ impl KubeClient {
         .map_err(|e| transport(&e))?;
         let (status, body) = response;
         if !(200..300).contains(&status) {
-            return Err(KubeError::Status { status, body: String::from_utf8_lossy(&body).into_owned() });
+            return Err(KubeError::Status {
+                status,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            });
         }
         Ok(body)
     }
@@ -209,13 +286,24 @@ async fn send<T>(io: T, request: hyper::Request<Full<Bytes>>) -> Result<(u16, Ve
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
     let driver = tokio::spawn(async move {
         let _ = connection.await;
     });
-    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
-    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes().to_vec();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes()
+        .to_vec();
     driver.abort();
     Ok((status, body))
 }
@@ -226,7 +314,10 @@ fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, KubeError> {
 
 fn annotation_patch(annotations: &BTreeMap<String, Option<String>>) -> (&'static str, Vec<u8>) {
     let patch = serde_json::json!({"metadata": {"annotations": annotations}});
-    ("application/merge-patch+json", serde_json::to_vec(&patch).unwrap_or_default())
+    (
+        "application/merge-patch+json",
+        serde_json::to_vec(&patch).unwrap_or_default(),
+    )
 }
 
 fn split_host_port(authority: &str, default_port: u16) -> Option<(String, u16)> {
@@ -249,21 +340,31 @@ fn split_host_port(authority: &str, default_port: u16) -> Option<(String, u16)> 
 }
 
 fn server_name(host: &str) -> Result<rustls::pki_types::ServerName<'static>, String> {
-    let bare = host.trim_start_matches('[').trim_end_matches(']').to_string();
-    rustls::pki_types::ServerName::try_from(bare).map_err(|e| format!("API server host {host:?}: {e}"))
+    let bare = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    rustls::pki_types::ServerName::try_from(bare)
+        .map_err(|e| format!("API server host {host:?}: {e}"))
 }
 
 fn tls_connector(ca_file: &Path) -> Result<tokio_rustls::TlsConnector, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
     let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(ca_file).map_err(|e| format!("CA file {}: {e}", ca_file.display()))?;
+    let certs = CertificateDer::pem_file_iter(ca_file)
+        .map_err(|e| format!("CA file {}: {e}", ca_file.display()))?;
     for cert in certs {
         let cert = cert.map_err(|e| format!("CA file {}: {e}", ca_file.display()))?;
-        roots.add(cert).map_err(|e| format!("CA file {}: {e}", ca_file.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("CA file {}: {e}", ca_file.display()))?;
     }
     if roots.is_empty() {
-        return Err(format!("CA file {} holds no certificate", ca_file.display()));
+        return Err(format!(
+            "CA file {} holds no certificate",
+            ca_file.display()
+        ));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -277,7 +378,9 @@ fn tls_connector(ca_file: &Path) -> Result<tokio_rustls::TlsConnector, String> {
 fn percent_encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -286,9 +389,15 @@ fn percent_encode(text: &str) -> String {
 /// `len` random bytes from the kernel as hex (event names, cache file names).
 pub fn random_hex(len: usize) -> String {
     let mut bytes = vec![0u8; len];
-    if std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes)).is_err() {
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .is_err()
+    {
         // Not expected on Linux; fall back to the clock and pid, which are unique enough for a name.
-        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
             ^ u128::from(std::process::id());
         for (i, b) in bytes.iter_mut().enumerate() {
             *b = (seed >> ((i % 16) * 8)) as u8;
@@ -300,11 +409,20 @@ pub fn random_hex(len: usize) -> String {
 /// A random (version 4) UUID, as HAMi names cache files.
 pub fn random_uuid() -> String {
     let hex = random_hex(16);
-    let mut bytes: Vec<u8> = (0..16).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0)).collect();
+    let mut bytes: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0))
+        .collect();
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     let h: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 #[cfg(test)]
@@ -313,12 +431,21 @@ mod tests {
 
     #[test]
     fn urls_and_authorities() {
-        assert_eq!(split_host_port("10.96.0.1:443", 443), Some(("10.96.0.1".into(), 443)));
-        assert_eq!(split_host_port("[fd00::1]:6443", 443), Some(("[fd00::1]".into(), 6443)));
+        assert_eq!(
+            split_host_port("10.96.0.1:443", 443),
+            Some(("10.96.0.1".into(), 443))
+        );
+        assert_eq!(
+            split_host_port("[fd00::1]:6443", 443),
+            Some(("[fd00::1]".into(), 6443))
+        );
         assert_eq!(split_host_port("example", 80), Some(("example".into(), 80)));
         assert_eq!(split_host_port("h:x", 80), None);
         assert!(KubeClient::new("ftp://x", None, None).is_err());
-        assert!(KubeClient::new("https://x:1", None, None).is_err(), "https needs a CA");
+        assert!(
+            KubeClient::new("https://x:1", None, None).is_err(),
+            "https needs a CA"
+        );
         assert!(KubeClient::new("http://127.0.0.1:8080/", None, None).is_ok());
     }
 
@@ -338,6 +465,9 @@ mod tests {
         a.insert("y".to_string(), None);
         let (ct, body) = annotation_patch(&a);
         assert_eq!(ct, "application/merge-patch+json");
-        assert_eq!(String::from_utf8(body).unwrap(), r#"{"metadata":{"annotations":{"x":"1","y":null}}}"#);
+        assert_eq!(
+            String::from_utf8(body).unwrap(),
+            r#"{"metadata":{"annotations":{"x":"1","y":null}}}"#
+        );
     }
 }

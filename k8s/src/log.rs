@@ -5,7 +5,10 @@ use std::io::Write;
 
 #[doc(hidden)]
 pub fn write_line(level: &str, message: std::fmt::Arguments<'_>) {
-    let line = format!("{} {level} {message}\n", crate::time::rfc3339(crate::time::now_epoch_secs()));
+    let line = format!(
+        "{} {level} {message}\n",
+        crate::time::rfc3339(crate::time::now_epoch_secs())
+    );
     // One write per line so lines of concurrent tasks do not interleave.
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }

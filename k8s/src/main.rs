@@ -21,7 +21,11 @@ use vgpu_k8s::plugin::{Plugin, PluginOptions};
 use vgpu_k8s::{api, log_error, log_info, log_warn, nvml};
 
 #[derive(Parser)]
-#[command(name = "vgpu-device-plugin", version, about = "vgpu's Kubernetes device plugin, node monitor cleanup and host installer")]
+#[command(
+    name = "vgpu-device-plugin",
+    version,
+    about = "vgpu's Kubernetes device plugin, node monitor cleanup and host installer"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -57,7 +61,10 @@ struct ApiArgs {
 
 impl ApiArgs {
     fn node_name(&self) -> Option<String> {
-        self.node_name.clone().or_else(|| std::env::var("NODE_NAME").ok()).filter(|n| !n.is_empty())
+        self.node_name
+            .clone()
+            .or_else(|| std::env::var("NODE_NAME").ok())
+            .filter(|n| !n.is_empty())
     }
 
     fn client(&self) -> Result<Option<KubeClient>, String> {
@@ -65,8 +72,12 @@ impl ApiArgs {
             return Ok(None);
         }
         match &self.api_server {
-            Some(url) => KubeClient::new(url, self.token_file.clone(), self.ca_file.as_deref()).map(Some),
-            None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => KubeClient::in_cluster().map(Some),
+            Some(url) => {
+                KubeClient::new(url, self.token_file.clone(), self.ca_file.as_deref()).map(Some)
+            }
+            None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
+                KubeClient::in_cluster().map(Some)
+            }
             None => Ok(None),
         }
     }
@@ -141,9 +152,13 @@ struct InstallArgs {
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().map_err(|_| format!("{text:?}: expected a number and a unit (ms, s, m, h)"))?;
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number and a unit (ms, s, m, h)"))?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
@@ -159,7 +174,11 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             log_error!("cannot start the async runtime: {e}");
@@ -184,7 +203,10 @@ fn main() -> std::process::ExitCode {
 
 async fn terminated() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}
@@ -219,7 +241,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         plugin_dir: args.plugin_dir,
         socket_name: args.socket_name,
         node_name,
-        layout: HostLayout { hook_dir: args.hook_dir, library_version: env!("CARGO_PKG_VERSION").to_string() },
+        layout: HostLayout {
+            hook_dir: args.hook_dir,
+            library_version: env!("CARGO_PKG_VERSION").to_string(),
+        },
         health_interval: args.health_interval,
         register_interval: args.register_interval,
         kubelet_poll_interval: args.kubelet_poll_interval,
@@ -230,14 +255,28 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
 }
 
 async fn monitor_gc(args: GcArgs) -> Result<(), String> {
-    let kube = args.api.client()?.ok_or("monitor-gc needs the API server (in a cluster, or --api-server)")?;
-    let node_name = args.api.node_name().ok_or("monitor-gc needs --node-name or $NODE_NAME")?;
-    let options = GcOptions { dir: args.dir, node_name, grace: args.grace };
+    let kube = args
+        .api
+        .client()?
+        .ok_or("monitor-gc needs the API server (in a cluster, or --api-server)")?;
+    let node_name = args
+        .api
+        .node_name()
+        .ok_or("monitor-gc needs --node-name or $NODE_NAME")?;
+    let options = GcOptions {
+        dir: args.dir,
+        node_name,
+        grace: args.grace,
+    };
     let mut stop = std::pin::pin!(terminated());
     loop {
         match gc_once(&kube, &options).await {
             Ok(report) if args.once => {
-                log_info!("removed {} director(ies), kept {}", report.removed.len(), report.kept);
+                log_info!(
+                    "removed {} director(ies), kept {}",
+                    report.removed.len(),
+                    report.kept
+                );
                 return Ok(());
             }
             Ok(_) => {}

@@ -87,7 +87,8 @@ impl Nvml {
     /// `dlopen`s `library` (a name searched like the dynamic linker does, or a path) and runs
     /// `nvmlInit_v2`.
     pub fn open(library: &str) -> Result<Nvml, String> {
-        let c_name = CString::new(library).map_err(|_| format!("NVML library name {library:?} has a NUL byte"))?;
+        let c_name = CString::new(library)
+            .map_err(|_| format!("NVML library name {library:?} has a NUL byte"))?;
         // SAFETY: a valid C string; RTLD_LOCAL keeps NVML's symbols out of the global namespace.
         let handle = unsafe { libc::dlopen(c_name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
         if handle.is_null() {
@@ -115,36 +116,50 @@ impl Nvml {
     pub fn device_count(&self) -> Result<u32, NvmlError> {
         let mut count = 0;
         // SAFETY: the out-pointer is a live u32.
-        check("nvmlDeviceGetCount_v2", unsafe { (self.device_count)(&mut count) })?;
+        check("nvmlDeviceGetCount_v2", unsafe {
+            (self.device_count)(&mut count)
+        })?;
         Ok(count)
     }
 
     pub fn device(&self, index: u32) -> Result<DeviceHandle, NvmlError> {
         let mut device: nvmlDevice_t = std::ptr::null_mut();
         // SAFETY: the out-pointer is a live handle slot.
-        check("nvmlDeviceGetHandleByIndex_v2", unsafe { (self.handle_by_index)(index, &mut device) })?;
+        check("nvmlDeviceGetHandleByIndex_v2", unsafe {
+            (self.handle_by_index)(index, &mut device)
+        })?;
         Ok(DeviceHandle(device))
     }
 
     pub fn uuid(&self, device: DeviceHandle) -> Result<String, NvmlError> {
         let mut buf = [0 as c_char; NVML_DEVICE_UUID_V2_BUFFER_SIZE as usize];
         // SAFETY: the buffer is as long as the length we pass; NVML NUL-terminates what it writes.
-        check("nvmlDeviceGetUUID", unsafe { (self.uuid)(device.0, buf.as_mut_ptr(), buf.len() as u32) })?;
+        check("nvmlDeviceGetUUID", unsafe {
+            (self.uuid)(device.0, buf.as_mut_ptr(), buf.len() as u32)
+        })?;
         Ok(c_buffer_to_string(&buf))
     }
 
     pub fn name(&self, device: DeviceHandle) -> Result<String, NvmlError> {
         let mut buf = [0 as c_char; NVML_DEVICE_NAME_V2_BUFFER_SIZE as usize];
         // SAFETY: as for the UUID.
-        check("nvmlDeviceGetName", unsafe { (self.name)(device.0, buf.as_mut_ptr(), buf.len() as u32) })?;
+        check("nvmlDeviceGetName", unsafe {
+            (self.name)(device.0, buf.as_mut_ptr(), buf.len() as u32)
+        })?;
         Ok(c_buffer_to_string(&buf))
     }
 
     /// Total framebuffer memory in bytes. Also the health probe: a lost GPU fails it.
     pub fn memory_total(&self, device: DeviceHandle) -> Result<u64, NvmlError> {
-        let mut memory = nvmlMemory_t { total: 0, free: 0, used: 0 };
+        let mut memory = nvmlMemory_t {
+            total: 0,
+            free: 0,
+            used: 0,
+        };
         // SAFETY: the out-pointer is a live nvmlMemory_t (the v1 struct this entry point takes).
-        check("nvmlDeviceGetMemoryInfo", unsafe { (self.memory_info)(device.0, &mut memory) })?;
+        check("nvmlDeviceGetMemoryInfo", unsafe {
+            (self.memory_info)(device.0, &mut memory)
+        })?;
         Ok(memory.total)
     }
 
@@ -186,11 +201,17 @@ fn dl_error() -> String {
         "unknown dlopen error".to_string()
     } else {
         // SAFETY: non-NULL, NUL-terminated.
-        unsafe { CStr::from_ptr(message) }.to_string_lossy().into_owned()
+        unsafe { CStr::from_ptr(message) }
+            .to_string_lossy()
+            .into_owned()
     }
 }
 
 fn c_buffer_to_string(buf: &[c_char]) -> String {
-    let bytes: Vec<u8> = buf.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    let bytes: Vec<u8> = buf
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }

@@ -20,10 +20,10 @@ use crate::allocate::{self, ContainerTarget, Grant, HostLayout};
 use crate::api::v1beta1::device_plugin_server::{DevicePlugin, DevicePluginServer};
 use crate::api::v1beta1::registration_client::RegistrationClient;
 use crate::api::v1beta1::{
-    AllocateRequest, AllocateResponse, ContainerAllocateResponse, ContainerPreferredAllocationResponse,
-    Device, DevicePluginOptions, Empty, ListAndWatchResponse, NumaNode, PreStartContainerRequest,
-    PreStartContainerResponse, PreferredAllocationRequest, PreferredAllocationResponse, RegisterRequest,
-    TopologyInfo,
+    AllocateRequest, AllocateResponse, ContainerAllocateResponse,
+    ContainerPreferredAllocationResponse, Device, DevicePluginOptions, Empty, ListAndWatchResponse,
+    NumaNode, PreStartContainerRequest, PreStartContainerResponse, PreferredAllocationRequest,
+    PreferredAllocationResponse, RegisterRequest, TopologyInfo,
 };
 use crate::api::{self, HEALTHY, UNHEALTHY};
 use crate::config::NodeConfig;
@@ -78,7 +78,10 @@ impl Plugin {
             log_info!("{line}");
         }
         if kept.is_empty() {
-            log_warn!("no GPU to advertise: {} is advertised with 0 devices", config.resource_name);
+            log_warn!(
+                "no GPU to advertise: {} is advertised with 0 devices",
+                config.resource_name
+            );
         }
         for (gpu, health) in &kept {
             log_info!(
@@ -89,7 +92,11 @@ impl Plugin {
                 gpu.memory_mib(),
                 config.split_count,
                 config.replica_memory_mib(gpu.memory_bytes),
-                if config.replica_cores > 0 { format!(" and {}% SM", config.replica_cores) } else { String::new() },
+                if config.replica_cores > 0 {
+                    format!(" and {}% SM", config.replica_cores)
+                } else {
+                    String::new()
+                },
                 match health {
                     Health::Healthy => "healthy".to_string(),
                     Health::Unhealthy(why) => format!("unhealthy: {why}"),
@@ -121,7 +128,9 @@ impl Plugin {
     fn device_list(&self, health: &[Health]) -> Vec<Device> {
         let mut devices = Vec::new();
         for (gpu, h) in self.gpus.iter().zip(health) {
-            let topology = gpu.numa.map(|id| TopologyInfo { nodes: vec![NumaNode { id }] });
+            let topology = gpu.numa.map(|id| TopologyInfo {
+                nodes: vec![NumaNode { id }],
+            });
             for n in 0..self.config.split_count {
                 devices.push(Device {
                     id: replica_id(&gpu.uuid, n),
@@ -162,7 +171,10 @@ impl Plugin {
             let ours_present = server.as_ref().is_some_and(|s| s.still_bound());
             if !ours_present {
                 if let Some(old) = server.take() {
-                    log_info!("our socket {} is gone (kubelet restarted?): serving anew", self.socket_path().display());
+                    log_info!(
+                        "our socket {} is gone (kubelet restarted?): serving anew",
+                        self.socket_path().display()
+                    );
                     old.stop().await;
                 }
                 match self.clone().start_server() {
@@ -184,7 +196,10 @@ impl Plugin {
                             );
                             registered_with = Some(id);
                         }
-                        Err(e) => log_warn!("registration with {} failed: {e}; retrying", kubelet_socket.display()),
+                        Err(e) => log_warn!(
+                            "registration with {} failed: {e}; retrying",
+                            kubelet_socket.display()
+                        ),
                     }
                 }
             }
@@ -208,7 +223,10 @@ impl Plugin {
         let listener = UnixListener::bind(&path)?;
         let identity = file_identity(&path);
         let (stop_tx, stop_rx) = watch::channel(false);
-        let service = DevicePluginService { plugin: self.clone(), stop: stop_rx.clone() };
+        let service = DevicePluginService {
+            plugin: self.clone(),
+            stop: stop_rx.clone(),
+        };
         let mut stop_signal = stop_rx;
         let task = tokio::spawn(async move {
             let result = Server::builder()
@@ -222,7 +240,12 @@ impl Plugin {
             }
         });
         log_info!("serving the device plugin API on {}", path.display());
-        Ok(RunningServer { path, identity, stop: stop_tx, task })
+        Ok(RunningServer {
+            path,
+            identity,
+            stop: stop_tx,
+            task,
+        })
     }
 
     async fn register(&self, kubelet_socket: &Path) -> Result<(), String> {
@@ -243,7 +266,10 @@ impl Plugin {
             resource_name: self.config.resource_name.clone(),
             options: Some(plugin_options()),
         };
-        RegistrationClient::new(channel).register(request).await.map_err(|s| s.message().to_string())?;
+        RegistrationClient::new(channel)
+            .register(request)
+            .await
+            .map_err(|s| s.message().to_string())?;
         Ok(())
     }
 
@@ -252,7 +278,11 @@ impl Plugin {
             tokio::time::sleep(self.options.health_interval).await;
             let plugin = self.clone();
             let Ok(now) = tokio::task::spawn_blocking(move || {
-                plugin.gpus.iter().map(|g| plugin.source.health(g)).collect::<Vec<Health>>()
+                plugin
+                    .gpus
+                    .iter()
+                    .map(|g| plugin.source.health(g))
+                    .collect::<Vec<Health>>()
             })
             .await
             else {
@@ -265,8 +295,12 @@ impl Plugin {
                 for ((gpu, before), after) in self.gpus.iter().zip(current.iter()).zip(now.iter()) {
                     if before != after {
                         match after {
-                            Health::Healthy => log_info!("GPU {} {} is healthy again", gpu.index, gpu.uuid),
-                            Health::Unhealthy(why) => log_error!("GPU {} {} is unhealthy: {why}", gpu.index, gpu.uuid),
+                            Health::Healthy => {
+                                log_info!("GPU {} {} is healthy again", gpu.index, gpu.uuid)
+                            }
+                            Health::Unhealthy(why) => {
+                                log_error!("GPU {} {} is unhealthy: {why}", gpu.index, gpu.uuid)
+                            }
                         }
                     }
                 }
@@ -284,8 +318,12 @@ impl Plugin {
         };
         let mut health = self.health.subscribe();
         loop {
-            let snapshot: Vec<(Gpu, bool)> =
-                self.gpus.iter().cloned().zip(health.borrow_and_update().iter().map(Health::is_healthy)).collect();
+            let snapshot: Vec<(Gpu, bool)> = self
+                .gpus
+                .iter()
+                .cloned()
+                .zip(health.borrow_and_update().iter().map(Health::is_healthy))
+                .collect();
             let value = hami::register_annotation(&snapshot, &self.config);
             match kube.get_node(&node).await {
                 Ok(n) if n.metadata.annotations.get(hami::NODE_REGISTER) == Some(&value) => {}
@@ -293,10 +331,15 @@ impl Plugin {
                     let patch = BTreeMap::from([(hami::NODE_REGISTER.to_string(), Some(value))]);
                     match kube.patch_node_annotations(&node, &patch).await {
                         Ok(()) => log_info!("node {node}: {} updated", hami::NODE_REGISTER),
-                        Err(e) => log_warn!("node {node}: cannot write {}: {e}", hami::NODE_REGISTER),
+                        Err(e) => {
+                            log_warn!("node {node}: cannot write {}: {e}", hami::NODE_REGISTER)
+                        }
                     }
                 }
-                Err(e) => log_warn!("node {node}: cannot read it to update {}: {e}", hami::NODE_REGISTER),
+                Err(e) => log_warn!(
+                    "node {node}: cannot read it to update {}: {e}",
+                    hami::NODE_REGISTER
+                ),
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.options.register_interval) => {}
@@ -307,7 +350,10 @@ impl Plugin {
 
     // ---- Allocate -----------------------------------------------------------------------------
 
-    async fn allocate_container(&self, replica_ids: &[String]) -> Result<ContainerAllocateResponse, Status> {
+    async fn allocate_container(
+        &self,
+        replica_ids: &[String],
+    ) -> Result<ContainerAllocateResponse, Status> {
         let context = match (&self.kube, &self.options.node_name) {
             (Some(kube), Some(node)) => match kube.list_node_pods(node).await {
                 Ok(pods) => Some((kube, node.as_str(), pods)),
@@ -322,7 +368,9 @@ impl Plugin {
             return self.allocate_fixed(replica_ids, None).await;
         };
         // HAMi's scheduler annotations take precedence: the node lock names the pod being bound.
-        let looks_hami = pods.iter().any(|p| p.annotation(hami::DEVICES_TO_ALLOCATE).is_some());
+        let looks_hami = pods
+            .iter()
+            .any(|p| p.annotation(hami::DEVICES_TO_ALLOCATE).is_some());
         let lock = if looks_hami {
             match kube.get_node(node).await {
                 Ok(n) => n.metadata.annotations.get(hami::NODE_LOCK).cloned(),
@@ -335,15 +383,22 @@ impl Plugin {
             None
         };
         if let Some(pod) = pods::find_hami_pod(&pods, node, lock.as_deref()) {
-            return self.allocate_hami(kube, node, pod, lock.as_deref(), replica_ids).await;
+            return self
+                .allocate_hami(kube, node, pod, lock.as_deref(), replica_ids)
+                .await;
         }
         let containers_dir = self.options.layout.containers_dir();
         let found = {
             let answered = self.answered.lock().unwrap_or_else(|p| p.into_inner());
-            pods::find_fixed_slice_container(&pods, &self.config.resource_name, replica_ids.len() as u64, |p, c| {
-                let dir = format!("{}_{}", p.metadata.uid, c.name);
-                answered.contains(&dir) || containers_dir.join(&dir).exists()
-            })
+            pods::find_fixed_slice_container(
+                &pods,
+                &self.config.resource_name,
+                replica_ids.len() as u64,
+                |p, c| {
+                    let dir = format!("{}_{}", p.metadata.uid, c.name);
+                    answered.contains(&dir) || containers_dir.join(&dir).exists()
+                },
+            )
             .map(|(p, c)| (p.clone(), c.clone()))
         };
         if found.is_none() {
@@ -353,7 +408,8 @@ impl Plugin {
                 self.config.resource_name
             );
         }
-        self.allocate_fixed(replica_ids, found.as_ref().map(|(p, c)| (p, c))).await
+        self.allocate_fixed(replica_ids, found.as_ref().map(|(p, c)| (p, c)))
+            .await
     }
 
     /// Fixed slices from the node configuration.
@@ -382,7 +438,10 @@ impl Plugin {
             },
         };
         let response = self.answer(&grants, &target, pod.map(|(p, _)| p))?;
-        self.answered.lock().unwrap_or_else(|p| p.into_inner()).insert(target.dir_name.clone());
+        self.answered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(target.dir_name.clone());
         Ok(response)
     }
 
@@ -397,7 +456,8 @@ impl Plugin {
         lock: Option<&str>,
         replica_ids: &[String],
     ) -> Result<ContainerAllocateResponse, Status> {
-        let mut annotation = DevicesAnnotation::parse(pod.annotation(hami::DEVICES_TO_ALLOCATE).unwrap_or(""));
+        let mut annotation =
+            DevicesAnnotation::parse(pod.annotation(hami::DEVICES_TO_ALLOCATE).unwrap_or(""));
         let checked = (|| {
             let (index, devices) = annotation.next().ok_or("no segment left")?;
             let devices = devices?;
@@ -410,40 +470,62 @@ impl Plugin {
             }
             for d in &devices {
                 if !self.gpus.iter().any(|g| g.uuid == d.uuid) {
-                    return Err(format!("GPU {} is not a GPU this plugin serves on node {node}", d.uuid));
+                    return Err(format!(
+                        "GPU {} is not a GPU this plugin serves on node {node}",
+                        d.uuid
+                    ));
                 }
             }
-            let container = pod
-                .all_containers()
-                .nth(index)
-                .ok_or_else(|| format!("segment {index} has no matching container (the pod has fewer)"))?;
+            let container = pod.all_containers().nth(index).ok_or_else(|| {
+                format!("segment {index} has no matching container (the pod has fewer)")
+            })?;
             Ok((index, devices, container))
         })();
         let (index, devices, container) = match checked {
             Ok(found) => found,
             Err(reason) => {
-                let reason = format!("{} on pod {}: {reason}", hami::DEVICES_TO_ALLOCATE, pod.display_name());
+                let reason = format!(
+                    "{} on pod {}: {reason}",
+                    hami::DEVICES_TO_ALLOCATE,
+                    pod.display_name()
+                );
                 log_error!("Allocate: {reason}");
                 self.fail_hami(kube, node, pod, lock, &reason).await;
                 return Err(Status::invalid_argument(reason));
             }
         };
-        let grants: Vec<Grant> =
-            devices.iter().map(|d| Grant { uuid: d.uuid.clone(), memory_mib: d.memory_mib, cores: d.cores }).collect();
+        let grants: Vec<Grant> = devices
+            .iter()
+            .map(|d| Grant {
+                uuid: d.uuid.clone(),
+                memory_mib: d.memory_mib,
+                cores: d.cores,
+            })
+            .collect();
         let target = self.target(pod, container);
         let response = match self.answer(&grants, &target, Some(pod)) {
             Ok(r) => r,
             Err(status) => {
-                self.fail_hami(kube, node, pod, lock, status.message()).await;
+                self.fail_hami(kube, node, pod, lock, status.message())
+                    .await;
                 return Err(status);
             }
         };
         annotation.clear(index);
-        let mut patch = BTreeMap::from([(hami::DEVICES_TO_ALLOCATE.to_string(), Some(annotation.encode()))]);
+        let mut patch = BTreeMap::from([(
+            hami::DEVICES_TO_ALLOCATE.to_string(),
+            Some(annotation.encode()),
+        )]);
         if annotation.is_done() {
-            patch.insert(hami::BIND_PHASE.to_string(), Some(hami::PHASE_SUCCESS.to_string()));
+            patch.insert(
+                hami::BIND_PHASE.to_string(),
+                Some(hami::PHASE_SUCCESS.to_string()),
+            );
         }
-        if let Err(e) = kube.patch_pod_annotations(&pod.metadata.namespace, &pod.metadata.name, &patch).await {
+        if let Err(e) = kube
+            .patch_pod_annotations(&pod.metadata.namespace, &pod.metadata.name, &patch)
+            .await
+        {
             let reason = format!("cannot update pod {}: {e}", pod.display_name());
             log_error!("Allocate: {reason}");
             self.fail_hami(kube, node, pod, lock, &reason).await;
@@ -461,17 +543,40 @@ impl Plugin {
         Ok(response)
     }
 
-    async fn fail_hami(&self, kube: &KubeClient, node: &str, pod: &Pod, lock: Option<&str>, reason: &str) {
-        let patch = BTreeMap::from([(hami::BIND_PHASE.to_string(), Some(hami::PHASE_FAILED.to_string()))]);
-        if let Err(e) = kube.patch_pod_annotations(&pod.metadata.namespace, &pod.metadata.name, &patch).await {
-            log_error!("pod {}: cannot set {}=failed: {e}", pod.display_name(), hami::BIND_PHASE);
+    async fn fail_hami(
+        &self,
+        kube: &KubeClient,
+        node: &str,
+        pod: &Pod,
+        lock: Option<&str>,
+        reason: &str,
+    ) {
+        let patch = BTreeMap::from([(
+            hami::BIND_PHASE.to_string(),
+            Some(hami::PHASE_FAILED.to_string()),
+        )]);
+        if let Err(e) = kube
+            .patch_pod_annotations(&pod.metadata.namespace, &pod.metadata.name, &patch)
+            .await
+        {
+            log_error!(
+                "pod {}: cannot set {}=failed: {e}",
+                pod.display_name(),
+                hami::BIND_PHASE
+            );
         }
         self.report_failure(pod, reason).await;
         self.release_node_lock(kube, node, pod, lock).await;
     }
 
     /// Removes the node lock if it is this pod's (or names no pod, the old format).
-    async fn release_node_lock(&self, kube: &KubeClient, node: &str, pod: &Pod, lock: Option<&str>) {
+    async fn release_node_lock(
+        &self,
+        kube: &KubeClient,
+        node: &str,
+        pod: &Pod,
+        lock: Option<&str>,
+    ) {
         let Some(lock) = lock else { return };
         let ours = match hami::parse_node_lock(lock) {
             Some((ns, name)) => ns == pod.metadata.namespace && name == pod.metadata.name,
@@ -490,7 +595,10 @@ impl Plugin {
     /// A Warning event on the pod, so `kubectl describe pod` says why it cannot start.
     async fn report_failure(&self, pod: &Pod, reason: &str) {
         if let Some(kube) = &self.kube {
-            if let Err(e) = kube.pod_event(pod, "Warning", "VgpuAllocationFailed", reason).await {
+            if let Err(e) = kube
+                .pod_event(pod, "Warning", "VgpuAllocationFailed", reason)
+                .await
+            {
                 log_warn!("pod {}: cannot record an event: {e}", pod.display_name());
             }
         }
@@ -500,41 +608,77 @@ impl Plugin {
         let mut target = ContainerTarget::new(&pod.metadata.uid, &container.name);
         target.disable_control = container.disables_control();
         let priority = container.resource_count("nvidia.com/priority");
-        let asked = container.resources.limits.contains_key("nvidia.com/priority")
-            || container.resources.requests.contains_key("nvidia.com/priority");
+        let asked = container
+            .resources
+            .limits
+            .contains_key("nvidia.com/priority")
+            || container
+                .resources
+                .requests
+                .contains_key("nvidia.com/priority");
         target.priority = asked.then_some(priority);
         target
     }
 
-    fn answer(&self, grants: &[Grant], target: &ContainerTarget, pod: Option<&Pod>) -> Result<ContainerAllocateResponse, Status> {
+    fn answer(
+        &self,
+        grants: &[Grant],
+        target: &ContainerTarget,
+        pod: Option<&Pod>,
+    ) -> Result<ContainerAllocateResponse, Status> {
         if let Err(e) = allocate::prepare_container_dir(&self.options.layout, &target.dir_name) {
             let reason = format!(
                 "cannot create {}: {e}",
-                self.options.layout.containers_dir().join(&target.dir_name).display()
+                self.options
+                    .layout
+                    .containers_dir()
+                    .join(&target.dir_name)
+                    .display()
             );
             log_error!("Allocate: {reason}");
             return Err(Status::internal(reason));
         }
         let cache_name = format!("{}.cache", random_uuid());
-        let response = allocate::container_response(grants, target, &self.config, &self.options.layout, &cache_name);
+        let response = allocate::container_response(
+            grants,
+            target,
+            &self.config,
+            &self.options.layout,
+            &cache_name,
+        );
         if pod.is_none() || !target.dir_name.contains('_') {
             log_info!("Allocate: {} for {}", describe(grants), target.dir_name);
         } else if let Some(p) = pod {
-            log_info!("Allocate: pod {} ({}) gets {}", p.display_name(), target.dir_name, describe(grants));
+            log_info!(
+                "Allocate: pod {} ({}) gets {}",
+                p.display_name(),
+                target.dir_name,
+                describe(grants)
+            );
         }
         if target.disable_control {
-            log_info!("Allocate: {} sets CUDA_DISABLE_CONTROL: no /etc/ld.so.preload mount", target.dir_name);
+            log_info!(
+                "Allocate: {} sets CUDA_DISABLE_CONTROL: no /etc/ld.so.preload mount",
+                target.dir_name
+            );
         }
         Ok(response)
     }
 }
 
 fn describe(grants: &[Grant]) -> String {
-    grants.iter().map(|g| format!("{} ({} MiB, {}% SM)", g.uuid, g.memory_mib, g.cores)).collect::<Vec<_>>().join(", ")
+    grants
+        .iter()
+        .map(|g| format!("{} ({} MiB, {}% SM)", g.uuid, g.memory_mib, g.cores))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn plugin_options() -> DevicePluginOptions {
-    DevicePluginOptions { pre_start_required: false, get_preferred_allocation_available: true }
+    DevicePluginOptions {
+        pre_start_required: false,
+        get_preferred_allocation_available: true,
+    }
 }
 
 /// (device, inode) of a file: a recreated socket is a new inode.
@@ -551,13 +695,18 @@ struct RunningServer {
 
 impl RunningServer {
     fn still_bound(&self) -> bool {
-        !self.task.is_finished() && self.identity.is_some() && file_identity(&self.path) == self.identity
+        !self.task.is_finished()
+            && self.identity.is_some()
+            && file_identity(&self.path) == self.identity
     }
 
     async fn stop(self) {
         let _ = self.stop.send(true);
         let mut task = self.task;
-        if tokio::time::timeout(Duration::from_secs(5), &mut task).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), &mut task)
+            .await
+            .is_err()
+        {
             task.abort();
         }
     }
@@ -570,18 +719,25 @@ struct DevicePluginService {
     stop: watch::Receiver<bool>,
 }
 
-type ListAndWatchStream =
-    Pin<Box<dyn tokio_stream::Stream<Item = Result<ListAndWatchResponse, Status>> + Send + 'static>>;
+type ListAndWatchStream = Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<ListAndWatchResponse, Status>> + Send + 'static>,
+>;
 
 #[tonic::async_trait]
 impl DevicePlugin for DevicePluginService {
-    async fn get_device_plugin_options(&self, _: Request<Empty>) -> Result<Response<DevicePluginOptions>, Status> {
+    async fn get_device_plugin_options(
+        &self,
+        _: Request<Empty>,
+    ) -> Result<Response<DevicePluginOptions>, Status> {
         Ok(Response::new(plugin_options()))
     }
 
     type ListAndWatchStream = ListAndWatchStream;
 
-    async fn list_and_watch(&self, _: Request<Empty>) -> Result<Response<Self::ListAndWatchStream>, Status> {
+    async fn list_and_watch(
+        &self,
+        _: Request<Empty>,
+    ) -> Result<Response<Self::ListAndWatchStream>, Status> {
         let plugin = self.plugin.clone();
         let mut health = plugin.health.subscribe();
         let mut stop = self.stop.clone();
@@ -621,16 +777,27 @@ impl DevicePlugin for DevicePluginService {
                 ),
             })
             .collect();
-        Ok(Response::new(PreferredAllocationResponse { container_responses }))
+        Ok(Response::new(PreferredAllocationResponse {
+            container_responses,
+        }))
     }
 
-    async fn allocate(&self, request: Request<AllocateRequest>) -> Result<Response<AllocateResponse>, Status> {
+    async fn allocate(
+        &self,
+        request: Request<AllocateRequest>,
+    ) -> Result<Response<AllocateResponse>, Status> {
         let _one_at_a_time = self.plugin.allocate_lock.lock().await;
         let mut container_responses = Vec::new();
         for container in request.into_inner().container_requests {
-            container_responses.push(self.plugin.allocate_container(&container.devices_ids).await?);
+            container_responses.push(
+                self.plugin
+                    .allocate_container(&container.devices_ids)
+                    .await?,
+            );
         }
-        Ok(Response::new(AllocateResponse { container_responses }))
+        Ok(Response::new(AllocateResponse {
+            container_responses,
+        }))
     }
 
     async fn pre_start_container(

@@ -81,7 +81,10 @@ pub struct Node {
 impl Pod {
     /// Init containers first, then regular containers: the order of HAMi's annotation segments.
     pub fn all_containers(&self) -> impl Iterator<Item = &Container> {
-        self.spec.init_containers.iter().chain(self.spec.containers.iter())
+        self.spec
+            .init_containers
+            .iter()
+            .chain(self.spec.containers.iter())
     }
 
     pub fn annotation(&self, key: &str) -> Option<&str> {
@@ -106,12 +109,19 @@ impl Container {
     }
 
     pub fn env_value(&self, name: &str) -> Option<&str> {
-        self.env.iter().rev().find(|e| e.name == name).and_then(|e| e.value.as_deref())
+        self.env
+            .iter()
+            .rev()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.as_deref())
     }
 
     /// `CUDA_DISABLE_CONTROL` parsed like Go's `strconv.ParseBool` true values (HAMi's plugin does).
     pub fn disables_control(&self) -> bool {
-        matches!(self.env_value("CUDA_DISABLE_CONTROL"), Some("1" | "t" | "T" | "true" | "TRUE" | "True"))
+        matches!(
+            self.env_value("CUDA_DISABLE_CONTROL"),
+            Some("1" | "t" | "T" | "true" | "TRUE" | "True")
+        )
     }
 }
 
@@ -127,27 +137,42 @@ fn quantity_as_u64(value: &serde_json::Value) -> Option<u64> {
 /// HAMi's choice of pod for `Allocate` (hami-contract.md 5.3): the pod named in the node lock if it is
 /// still waiting for devices; otherwise the pending pod on this node with `bind-time`, a bind phase of
 /// `allocating` (or `success` with segments left) and `vgpu-node` = this node, the earliest bound first.
-pub fn find_hami_pod<'a>(pods: &'a [Pod], node_name: &str, node_lock: Option<&str>) -> Option<&'a Pod> {
+pub fn find_hami_pod<'a>(
+    pods: &'a [Pod],
+    node_name: &str,
+    node_lock: Option<&str>,
+) -> Option<&'a Pod> {
     let waiting = |p: &&Pod| {
         p.status.phase == "Pending"
             && p.annotation(hami::VGPU_NODE) == Some(node_name)
             && p.annotation(hami::BIND_TIME).is_some()
-            && matches!(p.annotation(hami::BIND_PHASE), Some(hami::PHASE_ALLOCATING | hami::PHASE_SUCCESS))
-            && p.annotation(hami::DEVICES_TO_ALLOCATE).is_some_and(|v| !hami::DevicesAnnotation::parse(v).is_done())
+            && matches!(
+                p.annotation(hami::BIND_PHASE),
+                Some(hami::PHASE_ALLOCATING | hami::PHASE_SUCCESS)
+            )
+            && p.annotation(hami::DEVICES_TO_ALLOCATE)
+                .is_some_and(|v| !hami::DevicesAnnotation::parse(v).is_done())
     };
     if let Some((namespace, name)) = node_lock.and_then(hami::parse_node_lock) {
-        if let Some(pod) = pods.iter().filter(waiting).find(|p| p.metadata.namespace == namespace && p.metadata.name == name) {
+        if let Some(pod) = pods
+            .iter()
+            .filter(waiting)
+            .find(|p| p.metadata.namespace == namespace && p.metadata.name == name)
+        {
             return Some(pod);
         }
     }
     pods.iter().filter(waiting).min_by_key(|p| {
-        let bind_time: u64 = p.annotation(hami::BIND_TIME).and_then(|t| t.trim().parse().ok()).unwrap_or(u64::MAX);
+        let bind_time: u64 = p
+            .annotation(hami::BIND_TIME)
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(u64::MAX);
         (bind_time, p.metadata.creation_timestamp.clone())
     })
 }
 
-/// Without a scheduler extender, the container kubelet is admitting: a pending pod on this node with a
-/// container asking for exactly `count` of `resource` that has not been answered yet (`answered` says
+/// Without a scheduler extender, the container kubelet is admitting: a pending pod on this node (not
+/// one placed by HAMi's scheduler) with a container asking for exactly `count` of `resource` that has not been answered yet (`answered` says
 /// which are), the oldest pod first and containers in order. kubelet admits one pod at a time and asks
 /// for its containers in order, so this is exact unless two pods with the same request are admitted in
 /// the same instant; then their names may swap, never their limits (every slice is the same).
@@ -157,8 +182,18 @@ pub fn find_fixed_slice_container<'a>(
     count: u64,
     answered: impl Fn(&Pod, &Container) -> bool,
 ) -> Option<(&'a Pod, &'a Container)> {
-    let mut candidates: Vec<&Pod> = pods.iter().filter(|p| p.status.phase == "Pending").collect();
-    candidates.sort_by(|a, b| a.metadata.creation_timestamp.cmp(&b.metadata.creation_timestamp));
+    // Pods HAMi's scheduler placed are answered from their annotations (or failed), never here.
+    let mut candidates: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| {
+            p.status.phase == "Pending" && p.annotation(hami::DEVICES_TO_ALLOCATE).is_none()
+        })
+        .collect();
+    candidates.sort_by(|a, b| {
+        a.metadata
+            .creation_timestamp
+            .cmp(&b.metadata.creation_timestamp)
+    });
     candidates.into_iter().find_map(|pod| {
         pod.all_containers()
             .find(|c| c.resource_count(resource) == count && !answered(pod, c))
@@ -190,7 +225,10 @@ mod tests {
         assert_eq!(c[0].resource_count("nvidia.com/gpu"), 2);
         assert_eq!(c[1].resource_count("nvidia.com/gpu"), 1);
         assert!(c[0].disables_control());
-        assert!(!c[1].disables_control(), "only Go ParseBool's true spellings count");
+        assert!(
+            !c[1].disables_control(),
+            "only Go ParseBool's true spellings count"
+        );
     }
 
     #[test]
@@ -204,8 +242,17 @@ mod tests {
             }))
         };
         let pods = vec![mk("late", "200"), mk("early", "100")];
-        assert_eq!(find_hami_pod(&pods, "n1", None).unwrap().metadata.name, "early");
-        assert_eq!(find_hami_pod(&pods, "n1", Some("2025-01-01T00:00:00Z,ns,late")).unwrap().metadata.name, "late");
+        assert_eq!(
+            find_hami_pod(&pods, "n1", None).unwrap().metadata.name,
+            "early"
+        );
+        assert_eq!(
+            find_hami_pod(&pods, "n1", Some("2025-01-01T00:00:00Z,ns,late"))
+                .unwrap()
+                .metadata
+                .name,
+            "late"
+        );
         assert!(find_hami_pod(&pods, "n2", None).is_none());
     }
 }

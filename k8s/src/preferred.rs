@@ -6,10 +6,13 @@ use std::collections::BTreeMap;
 use crate::config::Policy;
 use crate::gpus::parse_replica_id;
 
+/// A GPU's (host order rank, UUID) and its free replicas (number, ID).
+type FreeReplicas = ((usize, String), Vec<(u32, String)>);
+
 /// Picks `size` replica IDs from `available`, always including `must_include`.
 ///
-/// - `Binpack`: the GPU with the fewest free replicas first (the busiest), taking its replicas before
-///   moving on, so whole GPUs stay free.
+/// - `Binpack`: GPUs already holding a must-include replica first, then the GPU with the fewest free
+///   replicas (the busiest), taking its replicas before moving on, so whole GPUs stay free.
 /// - `Spread`: one replica from each GPU in turn, the GPU with the most free replicas first.
 ///
 /// Ties go to the GPU that appears first in `gpu_order` (host index order), and within a GPU to the
@@ -28,7 +31,12 @@ pub fn preferred_allocation(
         }
     }
     // Free replicas per GPU (must-include ones count as taken), in GPU order.
-    let rank = |uuid: &str| gpu_order.iter().position(|u| u == uuid).unwrap_or(usize::MAX);
+    let rank = |uuid: &str| {
+        gpu_order
+            .iter()
+            .position(|u| u == uuid)
+            .unwrap_or(usize::MAX)
+    };
     let mut free: BTreeMap<(usize, String), Vec<(u32, String)>> = BTreeMap::new();
     let mut unparsed = Vec::new();
     for id in available {
@@ -36,7 +44,10 @@ pub fn preferred_allocation(
             continue;
         }
         match parse_replica_id(id) {
-            Some((uuid, n)) => free.entry((rank(uuid), uuid.to_string())).or_default().push((n, id.clone())),
+            Some((uuid, n)) => free
+                .entry((rank(uuid), uuid.to_string()))
+                .or_default()
+                .push((n, id.clone())),
             None => unparsed.push(id.clone()),
         }
     }
@@ -51,11 +62,17 @@ pub fn preferred_allocation(
             *taken.entry(uuid.to_string()).or_default() += 1;
         }
     }
-    let mut gpus: Vec<((usize, String), Vec<(u32, String)>)> = free.into_iter().collect();
+    let mut gpus: Vec<FreeReplicas> = free.into_iter().collect();
     match policy {
         Policy::Binpack => {
-            // Fewest free first; stable sort keeps host order among equals.
-            gpus.sort_by_key(|((_, uuid), replicas)| (replicas.len(), usize::MAX - taken.get(uuid).copied().unwrap_or(0)));
+            // GPUs this container already has first (fewest GPUs per container), then the fewest free;
+            // the stable sort keeps host order among equals.
+            gpus.sort_by_key(|((_, uuid), replicas)| {
+                (
+                    usize::MAX - taken.get(uuid).copied().unwrap_or(0),
+                    replicas.len(),
+                )
+            });
             for (_, replicas) in gpus {
                 for (_, id) in replicas {
                     if chosen.len() >= size {
@@ -68,7 +85,10 @@ pub fn preferred_allocation(
         Policy::Spread => {
             // Most free first; then round-robin so each pass takes one replica per GPU.
             gpus.sort_by_key(|((_, uuid), replicas)| {
-                (taken.get(uuid).copied().unwrap_or(0), usize::MAX - replicas.len())
+                (
+                    taken.get(uuid).copied().unwrap_or(0),
+                    usize::MAX - replicas.len(),
+                )
             });
             let mut queues: Vec<std::vec::IntoIter<(u32, String)>> =
                 gpus.into_iter().map(|(_, r)| r.into_iter()).collect();
@@ -110,14 +130,18 @@ mod tests {
 
     #[test]
     fn binpack_fills_the_busiest_gpu() {
-        let available = ids(&["GPU-a-0", "GPU-a-1", "GPU-a-2", "GPU-b-2", "GPU-b-3", "GPU-c-0", "GPU-c-1", "GPU-c-2"]);
+        let available = ids(&[
+            "GPU-a-0", "GPU-a-1", "GPU-a-2", "GPU-b-2", "GPU-b-3", "GPU-c-0", "GPU-c-1", "GPU-c-2",
+        ]);
         let got = preferred_allocation(&available, &[], 3, Policy::Binpack, &ids(&ORDER));
         assert_eq!(got, ids(&["GPU-b-2", "GPU-b-3", "GPU-a-0"]));
     }
 
     #[test]
     fn spread_takes_one_per_gpu_emptiest_first() {
-        let available = ids(&["GPU-a-0", "GPU-a-1", "GPU-b-3", "GPU-c-0", "GPU-c-1", "GPU-c-2"]);
+        let available = ids(&[
+            "GPU-a-0", "GPU-a-1", "GPU-b-3", "GPU-c-0", "GPU-c-1", "GPU-c-2",
+        ]);
         let got = preferred_allocation(&available, &[], 4, Policy::Spread, &ids(&ORDER));
         assert_eq!(got, ids(&["GPU-c-0", "GPU-a-0", "GPU-b-3", "GPU-c-1"]));
     }
@@ -125,9 +149,21 @@ mod tests {
     #[test]
     fn must_include_comes_first_and_counts() {
         let available = ids(&["GPU-a-0", "GPU-a-1", "GPU-b-0", "GPU-b-1"]);
-        let got = preferred_allocation(&available, &ids(&["GPU-a-1"]), 2, Policy::Spread, &ids(&ORDER));
+        let got = preferred_allocation(
+            &available,
+            &ids(&["GPU-a-1"]),
+            2,
+            Policy::Spread,
+            &ids(&ORDER),
+        );
         assert_eq!(got, ids(&["GPU-a-1", "GPU-b-0"]));
-        let got = preferred_allocation(&available, &ids(&["GPU-b-1"]), 2, Policy::Binpack, &ids(&ORDER));
+        let got = preferred_allocation(
+            &available,
+            &ids(&["GPU-b-1"]),
+            2,
+            Policy::Binpack,
+            &ids(&ORDER),
+        );
         assert_eq!(got, ids(&["GPU-b-1", "GPU-b-0"]));
     }
 }

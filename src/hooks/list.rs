@@ -4,14 +4,16 @@
 //! - `cuda`: exported CUDA symbols with a body (`symbol => body;`). The body takes the symbol's exact
 //!   arguments; its signature comes from the generated `PFN_` type of that ABI (build.rs), and the
 //!   export is checked against `pfn::<symbol>` at compile time.
-//! - `cuda_launch`: exported launch entry points. `launch::before_launch` runs, then the real call.
+//! - `cuda_launch`: exported entry points that run `launch::before_launch` and then the real call,
+//!   without looking at their arguments. Empty: the launch hooks need theirs (the grid, the stream)
+//!   and have bodies in `launch.rs` like any other hook.
 //! - `cuda_uses`: real entry points our own code calls; resolved into the table, not exported.
 //! - `nvml`, `nvml_uses`: the same for NVML.
 //!
 //! Every symbol here is one ABI: `cuMemAlloc` is the 32-bit CUDA 2.0 ABI and `cuMemAlloc_v2` the
 //! 3.2 one, and `cuGetProcAddress` hands out whichever the caller asked for (`proc_address.rs`).
 
-use super::{context, info, init, memory, nvml, proc_address};
+use super::{context, info, init, launch, memory, nvml, proc_address};
 
 hooks! {
     cuda {
@@ -62,26 +64,41 @@ hooks! {
         cuMemGetInfo_v2 => info::mem_get_info;
         cuDeviceTotalMem => info::device_total_mem_v1;
         cuDeviceTotalMem_v2 => info::device_total_mem;
+
+        // Every launch path pays the compute limiter (compute.rs).
+        cuLaunchKernel => launch::kernel;
+        cuLaunchKernel_ptsz => launch::kernel_ptsz;
+        cuLaunchKernelEx => launch::kernel_ex;
+        cuLaunchKernelEx_ptsz => launch::kernel_ex_ptsz;
+        cuLaunchCooperativeKernel => launch::cooperative;
+        cuLaunchCooperativeKernel_ptsz => launch::cooperative_ptsz;
+        cuLaunchCooperativeKernelMultiDevice => launch::cooperative_multi_device;
+        cuGraphLaunch => launch::graph;
+        cuGraphLaunch_ptsz => launch::graph_ptsz;
     }
-    cuda_launch {
-        cuLaunchKernel,
-        cuLaunchKernel_ptsz,
-        cuLaunchKernelEx,
-        cuLaunchKernelEx_ptsz,
-        cuLaunchCooperativeKernel,
-        cuLaunchCooperativeKernel_ptsz,
-        cuLaunchCooperativeKernelMultiDevice,
-        cuGraphLaunch,
-        cuGraphLaunch_ptsz,
-    }
+    cuda_launch {}
     cuda_uses {
         cuDriverGetVersion,
         cuDeviceGetCount,
         cuDeviceGetUuid,
         cuDeviceGetUuid_v2,
+        cuDeviceGetAttribute,
         cuCtxGetCurrent,
         cuCtxGetDevice,
+        cuCtxPushCurrent_v2,
+        cuCtxPopCurrent_v2,
         cuDevicePrimaryCtxGetState,
+        // The limiter's probes and the device and capture state of a launch's stream.
+        cuEventCreate,
+        cuEventRecord,
+        cuEventRecord_ptsz,
+        cuEventQuery,
+        cuEventElapsedTime,
+        cuEventDestroy_v2,
+        cuStreamGetCtx,
+        cuStreamGetCtx_ptsz,
+        cuStreamIsCapturing,
+        cuStreamIsCapturing_ptsz,
     }
     nvml {
         nvmlInit => nvml::init_v1;

@@ -251,9 +251,16 @@ struct ProbeSlot {
 #[derive(Debug)]
 struct DeviceState {
     params: Option<BucketParams>,
-    sm_count: u32,
+    /// 0 until known: the hooks learn it after the application's `cuInit` ([`LaunchGate::set_sm_count`]).
+    sm_count: AtomicU32,
     /// The last estimate learned on this device: the charge of a kernel nothing is known about.
     typical_cost_ns: AtomicU64,
+}
+
+impl DeviceState {
+    fn sm_count(&self) -> u32 {
+        self.sm_count.load(Ordering::Relaxed)
+    }
 }
 
 /// How sure an estimate is.
@@ -293,7 +300,7 @@ impl LaunchGate {
                     params: limit
                         .effective_percent()
                         .and_then(|percent| BucketParams::new(percent, BURST_WALL_NS)),
-                    sm_count: limit.sm_count,
+                    sm_count: AtomicU32::new(limit.sm_count),
                     typical_cost_ns: AtomicU64::new(0),
                 }
             }),
@@ -313,6 +320,27 @@ impl LaunchGate {
                 Bucket::new(&view.limiter.buckets[device], params).attach(clock_epoch_s);
             }
         }
+    }
+
+    /// Records the SM count of `device` (region index). The hooks build the gate at init, which may
+    /// come before the application's `cuInit` (an NVML call first), so they learn SM counts later,
+    /// on the first launch. Until then a new grid size of a known kernel is priced as if the device
+    /// had one SM per block wave, which only matters for that guess.
+    pub fn set_sm_count(&self, device: usize, sm_count: u32) {
+        if let Some(state) = self.devices.get(device) {
+            state.sm_count.store(sm_count, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a launch on `device` would be limited now (a limit on the device, and the policy and
+    /// `utilization_switch` enforce it). The hooks ask before paying for a stream-capture query:
+    /// only a limited launch needs to know that it is being captured.
+    #[inline]
+    pub fn enforcing_on(&self, view: &SharedView<'_>, device: usize) -> bool {
+        self.devices
+            .get(device)
+            .is_some_and(|state| state.params.is_some())
+            && enforcing(self.policy, view.utilization_switch.load(Ordering::Relaxed))
     }
 
     /// The bucket of `device`, if that device is limited.
@@ -517,7 +545,7 @@ impl LaunchGate {
                     slot.wave_key
                         .store(work.wave_key(device).unwrap_or(0), Ordering::Relaxed);
                     slot.waves
-                        .store(work.waves(state.sm_count), Ordering::Relaxed);
+                        .store(work.waves(state.sm_count()), Ordering::Relaxed);
                     slot.charged_ns.store(cost_ns, Ordering::Relaxed);
                 }
                 Decision::Go(Ticket {
@@ -546,7 +574,7 @@ impl LaunchGate {
             .and_then(|i| self.costs.entry(i))
             .map_or(0, CostEntry::estimate_ns);
         if per_wave > 0 {
-            let cost = per_wave.saturating_mul(work.waves(state.sm_count));
+            let cost = per_wave.saturating_mul(work.waves(state.sm_count()));
             return (cost, Confidence::Derived, entry);
         }
         if work.prior_ns > 0 {

@@ -6,6 +6,8 @@
 
 use std::mem::{offset_of, size_of};
 
+use crate::limiter::SharedLimiter;
+
 /// `initialized_flag` of a finished region (hami-contract.md 3.1).
 pub const V1_MAGIC: i32 = 19_920_718;
 /// Major version the monitor requires.
@@ -127,7 +129,10 @@ pub const EXTENSION_OFFSET: usize = 2_011_136;
 pub const EXTENSION_MAGIC: u64 = u64::from_le_bytes(*b"vgpu-ext");
 /// Extension layout version. A different version is refused (fail closed); later fields may be
 /// appended without a version change, which `length` then reports.
-pub const EXTENSION_VERSION: u32 = 1;
+///
+/// History: 1 reserved 16 cache lines for the compute limiter between the device counters and the
+/// slots; 2 replaced them with [`SharedLimiter`] (2048 B, 128-aligned), which moved the slots.
+pub const EXTENSION_VERSION: u32 = 2;
 
 /// Extension header (64 B).
 #[repr(C)]
@@ -164,13 +169,18 @@ pub struct SlotExt {
     pub reserved: [u64; 6],
 }
 
-/// The extension (67,648 B).
+/// The extension (68,736 B).
 #[repr(C)]
 pub struct VgpuExtension {
     pub header: ExtensionHeader,
     pub devices: [DeviceChargeExt; MAX_DEVICES],
-    /// Reserved, zeroed, for the compute limiter's shared per-device state (one cache line each).
-    pub limiter: [[u64; 8]; MAX_DEVICES],
+    /// Zero; puts `limiter` on a 128-byte boundary (its buckets are 128 B apart so that two devices
+    /// never share a cache line or an adjacent-line prefetch pair).
+    pub limiter_padding: [u64; 8],
+    /// The compute limiter's shared state: one token bucket per device, indexed like the v1
+    /// per-device arrays (`docs/compute-isolation.md` section 7). All zero is a fresh state, so
+    /// (re)initialising the region only has to zero it.
+    pub limiter: SharedLimiter,
     pub slots: [SlotExt; MAX_SLOTS],
 }
 
@@ -186,9 +196,13 @@ const _: () = assert!(size_of::<SlotExt>() == 64);
 const _: () = assert!(offset_of!(SlotExt, start_time) == 0);
 const _: () = assert!(offset_of!(SlotExt, inflight) == 8);
 const _: () = assert!(offset_of!(VgpuExtension, devices) == 64);
-const _: () = assert!(offset_of!(VgpuExtension, limiter) == 64 + 1024);
-const _: () = assert!(offset_of!(VgpuExtension, slots) == 64 + 2048);
-const _: () = assert!(size_of::<VgpuExtension>() == 67_648);
+const _: () = assert!(offset_of!(VgpuExtension, limiter_padding) == 64 + 1024);
+const _: () = assert!(offset_of!(VgpuExtension, limiter) == 1152);
+const _: () = assert!(size_of::<SharedLimiter>() == 2048);
+const _: () = assert!(offset_of!(VgpuExtension, slots) == 1152 + 2048);
+const _: () = assert!(size_of::<VgpuExtension>() == 68_736);
+// The extension starts on a page boundary, so 128-aligned inside it is 128-aligned in the mapping.
+const _: () = assert!((EXTENSION_OFFSET + offset_of!(VgpuExtension, limiter)) % 128 == 0);
 
 /// Size of the extension we write.
 pub const EXTENSION_LEN: usize = size_of::<VgpuExtension>();
@@ -254,6 +268,8 @@ pub const OFF_EXT_GENERATION: usize = EXTENSION_OFFSET + offset_of!(ExtensionHea
 pub const fn off_device_charged(device: usize) -> usize {
     EXTENSION_OFFSET + offset_of!(VgpuExtension, devices) + device * size_of::<DeviceChargeExt>()
 }
+/// Where the limiter's [`SharedLimiter`] lies in the file.
+pub const OFF_EXT_LIMITER: usize = EXTENSION_OFFSET + offset_of!(VgpuExtension, limiter);
 pub const fn off_slot_start_time(slot: usize) -> usize {
     EXTENSION_OFFSET + offset_of!(VgpuExtension, slots) + slot * size_of::<SlotExt>()
 }

@@ -14,7 +14,8 @@
 //! - [`Region::reclaim_dead`] (call when a reserve fails, then retry once).
 //! - Views: [`Region::device_used`], [`Region::device_limit`], [`Region::sm_limit`],
 //!   [`Region::slot_used`], [`Region::device_count`], [`Region::uuid`], [`Region::snapshot`].
-//! - Limiter accessors: [`Region::utilization_switch`], [`Region::recent_kernel`],
+//! - Limiter accessors: [`Region::limiter_view`] (the words the compute limiter shares),
+//!   [`Region::utilization_switch`], [`Region::recent_kernel`],
 //!   [`Region::mark_kernel_launched`], [`Region::stamp_last_kernel_time`], [`Region::priority`],
 //!   [`Region::set_slot_sm_util`].
 //! - Tools (CLI, exporter): [`RegionSnapshot::read`] on bytes or [`RegionSnapshot::read_file`]
@@ -97,6 +98,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use crate::sys::lock::FileLock;
+use crate::limiter::{SharedLimiter, SharedView};
 use crate::sys::mmap::{grow_file, Mapping};
 use crate::sys::proc_info;
 use layout::*;
@@ -420,6 +422,7 @@ pub struct Region {
     spare_u32: AtomicU32,
     spare_i32: AtomicI32,
     spare_u8: AtomicU8,
+    spare_limiter: SharedLimiter,
 }
 
 impl fmt::Debug for Region {
@@ -534,6 +537,7 @@ impl Region {
             spare_u32: AtomicU32::new(0),
             spare_i32: AtomicI32::new(0),
             spare_u8: AtomicU8::new(0),
+            spare_limiter: SharedLimiter::default(),
         };
         match found {
             Found::Fresh => region.initialise(),
@@ -1276,6 +1280,41 @@ impl Region {
     }
 
     // ---- limiter accessors ------------------------------------------------------------------------
+
+    /// The shared words the compute limiter reads and writes on every launch: the tail's
+    /// `recent_kernel`, `utilization_switch` and `last_kernel_time`, and the extension's
+    /// [`SharedLimiter`] (one token bucket per device).
+    pub fn limiter_view(&self) -> SharedView<'_> {
+        SharedView {
+            recent_kernel: self.i32(OFF_RECENT_KERNEL),
+            utilization_switch: self.i32(OFF_UTILIZATION_SWITCH),
+            last_kernel_time_s: self.u64(OFF_LAST_KERNEL_TIME),
+            limiter: self.shared_limiter(),
+        }
+    }
+
+    /// The extension's [`SharedLimiter`], in the mapping.
+    fn shared_limiter(&self) -> &SharedLimiter {
+        let fits = OFF_EXT_LIMITER
+            .checked_add(std::mem::size_of::<SharedLimiter>())
+            .is_some_and(|end| end <= self.map.len());
+        match self.map.u64_at(OFF_EXT_LIMITER) {
+            Some(first) if fits => {
+                let start: *const AtomicU64 = first;
+                // SAFETY: `[OFF_EXT_LIMITER, +2048)` lies inside the mapping (checked above), which
+                // lives as long as `self` (the reference borrows it). The address is 128-aligned:
+                // the mapping is page-aligned and layout.rs pins the offset's alignment. Every field
+                // of `SharedLimiter` is an atomic integer, so any bytes another process wrote are a
+                // valid value, and all access goes through atomics (no data race in Rust's model).
+                // The pointer is derived from the mapping's base through `Mapping::u64_at`; a typed
+                // view accessor on `Mapping` would state the wider extent directly (see the note in
+                // docs/compute-isolation.md section 7).
+                unsafe { &*start.cast::<SharedLimiter>() }
+            }
+            // Unreachable once `open` validated the length; keeps this total without a panic path.
+            _ => &self.spare_limiter,
+        }
+    }
 
     /// `utilization_switch` (written by the monitor): 1 = the SM limit applies under policy `default`.
     pub fn utilization_switch(&self) -> i32 {

@@ -132,7 +132,7 @@ fn create_writes_the_contract_header() {
         "sem_postinit stays zero"
     );
     assert_eq!(le_u64(&b, 0x1EB000), u64::from_le_bytes(*b"vgpu-ext"));
-    assert_eq!(le_u32(&b, 0x1EB000 + 8), 1);
+    assert_eq!(le_u32(&b, 0x1EB000 + 8), 2, "extension version");
     assert_eq!(le_u32(&b, 0x1EB000 + 12) as usize, layout::EXTENSION_LEN);
     assert_eq!(r.device_count(), 2);
     assert_eq!(r.uuid(1), uuid(1));
@@ -189,7 +189,7 @@ fn fields_land_at_the_contract_offsets() {
     assert_eq!(le_u64(&b, 2_008_912), 1_700_000_000, "last_kernel_time");
     // Extension: the device counter and the slot's start time.
     assert_eq!(le_u64(&b, 0x1EB000 + 64 + 64 * 2), 1530);
-    assert_eq!(le_u64(&b, 0x1EB000 + 2112 + 64 * 2), 1030);
+    assert_eq!(le_u64(&b, 0x1EB000 + 3200 + 64 * 2), 1030);
     // The snapshot reader agrees, from bytes and from the live region.
     let snap = RegionSnapshot::read(&b).unwrap();
     assert_eq!(snap, r.snapshot().unwrap());
@@ -223,7 +223,7 @@ fn fields_land_at_the_contract_offsets() {
     assert!(matches!(
         snap.extension,
         ExtensionInfo::Vgpu {
-            version: 1,
+            version: 2,
             generation: 1,
             ..
         }
@@ -322,12 +322,21 @@ fn refuses_foreign_truncated_and_unknown_files_without_touching_them() {
     let (_dir, path) = temp_path("ours");
     drop(open(&path, &s, &procs).unwrap());
     let ours = std::fs::read(&path).unwrap();
-    let mut v2 = ours.clone();
-    v2[EXTENSION_OFFSET + 8..EXTENSION_OFFSET + 12].copy_from_slice(&2u32.to_le_bytes());
-    check("extv2", v2, &|e| {
+    let mut v3 = ours.clone();
+    v3[EXTENSION_OFFSET + 8..EXTENSION_OFFSET + 12].copy_from_slice(&3u32.to_le_bytes());
+    check("extv3", v3, &|e| {
         matches!(
             e,
-            RegionError::UnsupportedExtensionVersion { version: 2, .. }
+            RegionError::UnsupportedExtensionVersion { version: 3, .. }
+        )
+    });
+    // Version 1 had the slots' extension words elsewhere: reading it as ours would misread them.
+    let mut v1 = ours.clone();
+    v1[EXTENSION_OFFSET + 8..EXTENSION_OFFSET + 12].copy_from_slice(&1u32.to_le_bytes());
+    check("extv1", v1, &|e| {
+        matches!(
+            e,
+            RegionError::UnsupportedExtensionVersion { version: 1, .. }
         )
     });
     let mut other_ext = ours.clone();
@@ -683,6 +692,58 @@ fn kernel_accessors_follow_the_contract() {
     assert!(!r.stamp_last_kernel_time(99));
     assert!(!r.stamp_last_kernel_time(100));
     assert_eq!(r.last_kernel_time(), 100);
+}
+
+#[test]
+fn limiter_view_points_into_the_file_and_is_zeroed_on_reinit() {
+    let procs = FakeProcs::default();
+    let (_dir, path) = temp_path("limiter");
+    procs.spawn(501, 1);
+    let a = open(&path, &setup(&[Some(GIB), None]), &procs).unwrap();
+    a.register(501, 1).unwrap();
+    let view = a.limiter_view();
+    // A fresh region: all zero, which the limiter reads as a fresh bucket.
+    for bucket in &view.limiter.buckets {
+        assert_eq!(bucket.paid_until_ns.load(Ordering::Relaxed), 0);
+        assert_eq!(bucket.learning_lease_ns.load(Ordering::Relaxed), 0);
+    }
+    view.limiter.buckets[1]
+        .paid_until_ns
+        .store(0x1122_3344_5566_7788, Ordering::SeqCst);
+    view.limiter.buckets[15]
+        .clock_epoch_s
+        .store(0x99, Ordering::SeqCst);
+    view.recent_kernel.store(-1, Ordering::SeqCst);
+    view.utilization_switch.store(0, Ordering::SeqCst);
+    view.last_kernel_time_s.store(1_700_000_123, Ordering::SeqCst);
+    let b = std::fs::read(&path).unwrap();
+    let limiter = 0x1EB000 + 1152;
+    assert_eq!(limiter, layout::OFF_EXT_LIMITER);
+    assert_eq!(limiter % 128, 0);
+    assert_eq!(le_u64(&b, limiter + 128), 0x1122_3344_5566_7788, "bucket 1");
+    assert_eq!(le_u64(&b, limiter + 128 * 15 + 8), 0x99, "bucket 15 epoch");
+    assert_eq!(le_i32(&b, 2_008_904), -1, "recent_kernel");
+    assert_eq!(le_i32(&b, 2_008_900), 0, "utilization_switch");
+    assert_eq!(le_u64(&b, 2_008_912), 1_700_000_123, "last_kernel_time");
+    // A second handle (another process) sees the same words.
+    let other = open(&path, &setup(&[Some(GIB), None]), &procs).unwrap();
+    assert_eq!(
+        other.limiter_view().limiter.buckets[1]
+            .paid_until_ns
+            .load(Ordering::SeqCst),
+        0x1122_3344_5566_7788
+    );
+    // Re-initialised once stale: the limiter state is zero again.
+    procs.kill(501);
+    let c = open(&path, &setup(&[Some(2 * GIB), None]), &procs).unwrap();
+    assert_eq!(c.notices().len(), 1, "re-initialised");
+    let b = std::fs::read(&path).unwrap();
+    assert!(
+        b[limiter..limiter + 2048].iter().all(|&x| x == 0),
+        "limiter zeroed at re-init"
+    );
+    assert_eq!(c.recent_kernel(), 2);
+    assert_eq!(c.utilization_switch(), 1);
 }
 
 #[test]

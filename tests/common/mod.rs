@@ -153,6 +153,7 @@ pub struct Shell {
     stdin: Option<ChildStdin>,
     lines: Receiver<String>,
     stderr: std::sync::Arc<Mutex<String>>,
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
     region: Option<PathBuf>,
     pub deadline: Duration,
     pub label: String,
@@ -197,7 +198,7 @@ impl Shell {
         });
         let err_buf = std::sync::Arc::new(Mutex::new(String::new()));
         let sink = err_buf.clone();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 let mut s = sink.lock().unwrap_or_else(|e| e.into_inner());
@@ -210,6 +211,7 @@ impl Shell {
             child,
             lines: rx,
             stderr: err_buf,
+            stderr_reader: Some(stderr_reader),
             region,
             deadline: Duration::from_secs(30),
             label: label.to_string(),
@@ -331,7 +333,21 @@ impl Shell {
     }
 
     /// Ask the shell to exit normally and wait for it.
-    pub fn exit(mut self) -> std::process::ExitStatus {
+    pub fn exit(self) -> std::process::ExitStatus {
+        self.exit_with_stderr().0
+    }
+
+    /// Exit normally; returns the status and everything the process wrote to stderr (complete: read
+    /// after the process closed it).
+    pub fn exit_with_stderr(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.wait_exit();
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
+        (status, self.stderr())
+    }
+
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
         self.send("exit");
         self.stdin.take();
         let started = Instant::now();

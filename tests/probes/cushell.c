@@ -10,7 +10,7 @@
  *   vmm <bytes> | array <w> <h> | array3d <w> <h> <d> | mipmap <w> <h> <levels>
  *   host <bytes> | hostalloc <bytes> | ctx_create <ordinal> | ctx_destroy <id>
  *   free <id> | freeall | free_raw <pointer> | fill <bytes> | churn <bytes> (never replies again)
- *   threads <n> <iterations> <bytes> | launch <n>
+ *   threads <n> <iterations> <bytes> | launch <n> | gpa_init (cuInit through cuGetProcAddress_v2)
  *   nvml_init | nvml_count | nvml_info <index> | nvml_null <index>
  *   fork_alloc <bytes> | fork_release | exec <path> [args...] (replaces this process) */
 #include "probe_common.h"
@@ -414,6 +414,13 @@ int main(void) {
                 rc = CALL(cuLaunchKernel, fn, 1, 1, 1, 32, 1, 1, 0, NULL, NULL, NULL);
             if (rc == CUDA_SUCCESS) rc = CALL(cuCtxSynchronize);
             printf("= code=%d\n", rc);
+        } else if (!strcmp(cmd, "gpa_init")) {
+            /* The cuGetProcAddress door, as cuda-bindings and libcudart use it. */
+            void *fn = NULL;
+            int status = -1;
+            CUresult rc = CALL(cuGetProcAddress_v2, "cuInit", &fn, 12000, 0, &status);
+            CUresult init = fn ? ((PFN_cuInit)fn)(0) : -1;
+            printf("= code=%d status=%d init=%d\n", rc, status, init);
         } else if (!strcmp(cmd, "nvml_init")) {
             nvmlReturn_t rc = load_nvml();
             if (rc == NVML_SUCCESS) rc = CALL(nvmlInit_v2);

@@ -8,6 +8,7 @@
 #include "probe_common.h"
 
 int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
     CHECK(argc >= 2, "usage: next_main next|dlsym ...");
     if (strcmp(argv[1], "next") == 0) {
         void *(*interposer_next)(const char *) = (void *(*)(const char *))dlsym(RTLD_DEFAULT, "interposer_next");
@@ -24,10 +25,10 @@ int main(int argc, char **argv) {
         CU_OK(cuDevicePrimaryCtxRetain(&ctx, dev));
         CU_OK(cuCtxSetCurrent(ctx));
         size_t free_bytes = 0, total = 0;
-        CU_OK(cuMemGetInfo_v2(&free_bytes, &total));
+        CUresult info = cuMemGetInfo_v2(&free_bytes, &total);
         CUdeviceptr p = 0;
         CUresult over = cuMemAlloc_v2(&p, total + 1);
-        printf("chain total=%zu over=%d\n", total, over);
+        printf("chain info=%d total=%zu over=%d\n", info, total, over);
     } else if (strcmp(argv[1], "dlsym") == 0) {
         CHECK(argc == 3, "usage: next_main dlsym <limit>");
         void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);

@@ -10,6 +10,11 @@ fn code(e: &DriverError) -> u32 {
     e.0 as u32
 }
 
+/// The error's name for the JSON line (its Debug form, without characters JSON would need escaped).
+fn name(e: &DriverError) -> String {
+    format!("{:?}", e.0).replace(['"', '\\'], "")
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let chunk: usize = args
@@ -25,7 +30,8 @@ fn main() {
         Ok(ctx) => ctx,
         Err(e) => {
             println!(
-                "{{\"error\":\"{e:?}\",\"error_code\":{},\"stage\":\"context\"}}",
+                "{{\"error\":\"{}\",\"error_code\":{},\"stage\":\"context\"}}",
+                name(&e),
                 code(&e)
             );
             std::process::exit(2);
@@ -53,7 +59,9 @@ fn main() {
     }
     let (free_after, _) = result::mem_get_info().expect("cuMemGetInfo");
     println!(
-        "{{\"chunk\":{chunk},\"chunks\":{chunks},\"total\":{total},\"free_before\":{free_before},\"free_full\":{free_full},\"free_after\":{free_after},\"error\":\"{failure:?}\",\"error_code\":{}}}",
+        "{{\"chunk\":{chunk},\"chunks\":{chunks},\"total\":{total},\"free_before\":{free_before},\
+         \"free_full\":{free_full},\"free_after\":{free_after},\"error\":\"{}\",\"error_code\":{}}}",
+        name(&failure),
         code(&failure)
     );
 }

@@ -49,7 +49,12 @@ impl FakeApiServer {
                 }
             }
         });
-        FakeApiServer { port, state, stop, thread: Some(thread) }
+        FakeApiServer {
+            port,
+            state,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -57,7 +62,11 @@ impl FakeApiServer {
     }
 
     pub fn add_node(&self, name: &str, annotations: Value) {
-        self.state.lock().unwrap().nodes.push(json!({"metadata": {"name": name, "annotations": annotations}}));
+        self.state
+            .lock()
+            .unwrap()
+            .nodes
+            .push(json!({"metadata": {"name": name, "annotations": annotations}}));
     }
 
     pub fn add_pod(&self, pod: Value) {
@@ -66,20 +75,28 @@ impl FakeApiServer {
 
     pub fn pod(&self, namespace: &str, name: &str) -> Value {
         let state = self.state.lock().unwrap();
-        state.pods.iter().find(|p| p["metadata"]["namespace"] == namespace && p["metadata"]["name"] == name).cloned().unwrap()
+        state
+            .pods
+            .iter()
+            .find(|p| p["metadata"]["namespace"] == namespace && p["metadata"]["name"] == name)
+            .cloned()
+            .unwrap()
     }
 
     pub fn remove_pod(&self, namespace: &str, name: &str) {
-        self.state
-            .lock()
-            .unwrap()
-            .pods
-            .retain(|p| !(p["metadata"]["namespace"] == namespace && p["metadata"]["name"] == name));
+        self.state.lock().unwrap().pods.retain(|p| {
+            !(p["metadata"]["namespace"] == namespace && p["metadata"]["name"] == name)
+        });
     }
 
     pub fn node(&self, name: &str) -> Value {
         let state = self.state.lock().unwrap();
-        state.nodes.iter().find(|n| n["metadata"]["name"] == name).cloned().unwrap()
+        state
+            .nodes
+            .iter()
+            .find(|n| n["metadata"]["name"] == name)
+            .cloned()
+            .unwrap()
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -88,7 +105,10 @@ impl FakeApiServer {
 
     /// Requests other than reads.
     pub fn writes(&self) -> Vec<Recorded> {
-        self.requests().into_iter().filter(|r| r.method != "GET").collect()
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method != "GET")
+            .collect()
     }
 
     pub fn clear_requests(&self) {
@@ -145,10 +165,19 @@ fn handle(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     }
     let mut body = vec![0u8; length];
     reader.read_exact(&mut body)?;
-    let body: Option<Value> = if body.is_empty() { None } else { serde_json::from_slice(&body).ok() };
+    let body: Option<Value> = if body.is_empty() {
+        None
+    } else {
+        serde_json::from_slice(&body).ok()
+    };
     let (status, answer) = {
         let mut state = state.lock().unwrap();
-        state.requests.push(Recorded { method: method.clone(), path: target.clone(), content_type, body: body.clone() });
+        state.requests.push(Recorded {
+            method: method.clone(),
+            path: target.clone(),
+            content_type,
+            body: body.clone(),
+        });
         if state.failing {
             (500, json!({"kind": "Status", "message": "injected outage"}))
         } else {
@@ -174,16 +203,31 @@ fn handle(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
 fn route(state: &mut State, method: &str, target: &str, body: Option<Value>) -> (u16, Value) {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let not_found = (404, json!({"kind": "Status", "code": 404, "message": format!("{path} not found")}));
+    let not_found = (
+        404,
+        json!({"kind": "Status", "code": 404, "message": format!("{path} not found")}),
+    );
     match (method, segments.as_slice()) {
         ("GET", ["api", "v1", "pods"]) => {
-            let selector = query.strip_prefix("fieldSelector=").map(|s| s.replace("%3D", "=")).unwrap_or_default();
+            let selector = query
+                .strip_prefix("fieldSelector=")
+                .map(|s| s.replace("%3D", "="))
+                .unwrap_or_default();
             let node = selector.strip_prefix("spec.nodeName=").unwrap_or("");
-            let items: Vec<Value> = state.pods.iter().filter(|p| p["spec"]["nodeName"] == node).cloned().collect();
+            let items: Vec<Value> = state
+                .pods
+                .iter()
+                .filter(|p| p["spec"]["nodeName"] == node)
+                .cloned()
+                .collect();
             (200, json!({"kind": "PodList", "items": items}))
         }
         ("GET" | "PATCH", ["api", "v1", "namespaces", ns, "pods", name]) => {
-            let Some(pod) = state.pods.iter_mut().find(|p| p["metadata"]["namespace"] == *ns && p["metadata"]["name"] == *name) else {
+            let Some(pod) = state
+                .pods
+                .iter_mut()
+                .find(|p| p["metadata"]["namespace"] == *ns && p["metadata"]["name"] == *name)
+            else {
                 return not_found;
             };
             if let Some(patch) = body.filter(|_| method == "PATCH") {
@@ -192,7 +236,11 @@ fn route(state: &mut State, method: &str, target: &str, body: Option<Value>) -> 
             (200, pod.clone())
         }
         ("GET" | "PATCH", ["api", "v1", "nodes", name]) => {
-            let Some(node) = state.nodes.iter_mut().find(|n| n["metadata"]["name"] == *name) else {
+            let Some(node) = state
+                .nodes
+                .iter_mut()
+                .find(|n| n["metadata"]["name"] == *name)
+            else {
                 return not_found;
             };
             if let Some(patch) = body.filter(|_| method == "PATCH") {

@@ -36,7 +36,13 @@ pub struct FakeKubelet {
 impl FakeKubelet {
     pub fn start(dir: &Path) -> FakeKubelet {
         let (sender, registrations) = mpsc::unbounded_channel();
-        let mut kubelet = FakeKubelet { dir: dir.to_path_buf(), registrations, sender, stop: None, task: None };
+        let mut kubelet = FakeKubelet {
+            dir: dir.to_path_buf(),
+            registrations,
+            sender,
+            stop: None,
+            task: None,
+        };
         kubelet.serve();
         kubelet
     }
@@ -77,7 +83,9 @@ impl FakeKubelet {
     }
 
     pub async fn next_registration(&mut self) -> RegisterRequest {
-        super::within("a RegisterRequest", self.registrations.recv()).await.expect("registration channel")
+        super::within("a RegisterRequest", self.registrations.recv())
+            .await
+            .expect("registration channel")
     }
 
     /// Connects to the plugin's endpoint as the kubelet does after a registration.

@@ -1,7 +1,7 @@
 //! What the device plugin tests share: an in-test kubelet that speaks the real v1beta1 protocol over
 //! unix sockets, an in-test API server on 127.0.0.1 that records every request, and the plugin binary
 //! run against the simulated NVML.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod apiserver;
 pub mod kubelet;
@@ -52,16 +52,31 @@ impl Setup {
         let hook_dir = machine.dir.join("vgpu");
         std::fs::create_dir_all(hook_dir.join("containers")).unwrap();
         std::fs::write(hook_dir.join("libvgpu.so"), b"\x7fELF placeholder").unwrap();
-        std::fs::write(hook_dir.join("ld.so.preload"), b"/usr/local/vgpu/libvgpu.so\n").unwrap();
+        std::fs::write(
+            hook_dir.join("ld.so.preload"),
+            b"/usr/local/vgpu/libvgpu.so\n",
+        )
+        .unwrap();
         let config_path = machine.dir.join("config.toml");
         std::fs::write(&config_path, config).unwrap();
-        Setup { machine, plugin_dir, hook_dir, config: config_path }
+        Setup {
+            machine,
+            plugin_dir,
+            hook_dir,
+            config: config_path,
+        }
     }
 
     /// Starts the plugin. `api` is the in-test API server, if any; `extra_env` e.g. SIMGPU_DEVICE_LOST.
-    pub fn start_plugin(&self, api: Option<&FakeApiServer>, extra_env: &[(&str, &str)]) -> PluginProcess {
+    pub fn start_plugin(
+        &self,
+        api: Option<&FakeApiServer>,
+        extra_env: &[(&str, &str)],
+    ) -> PluginProcess {
         let log = self.machine.dir.join(format!("plugin-{}.log", now_nanos()));
-        let mut cmd = self.machine.command(env!("CARGO_BIN_EXE_vgpu-device-plugin"));
+        let mut cmd = self
+            .machine
+            .command(env!("CARGO_BIN_EXE_vgpu-device-plugin"));
         cmd.arg("serve")
             .arg("--config")
             .arg(&self.config)
@@ -69,7 +84,14 @@ impl Setup {
             .arg(&self.plugin_dir)
             .arg("--hook-dir")
             .arg(&self.hook_dir)
-            .args(["--node-name", NODE, "--health-interval", "100ms", "--register-interval", "200ms"])
+            .args([
+                "--node-name",
+                NODE,
+                "--health-interval",
+                "100ms",
+                "--register-interval",
+                "200ms",
+            ])
             .args(["--kubelet-poll-interval", "100ms"]);
         match api {
             Some(api) => cmd.args(["--api-server", &api.url()]),
@@ -80,7 +102,12 @@ impl Setup {
             cmd.env(k, v);
         }
         let stderr = std::fs::File::create(&log).unwrap();
-        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr).spawn().expect("spawn the plugin");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn the plugin");
         PluginProcess { child, log }
     }
 }
@@ -101,7 +128,10 @@ impl PluginProcess {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("the plugin exited ({status}) before logging {needle:?}; log:\n{text}");
             }
-            assert!(started.elapsed() < DEADLINE, "no {needle:?} in the plugin's log after {DEADLINE:?}:\n{text}");
+            assert!(
+                started.elapsed() < DEADLINE,
+                "no {needle:?} in the plugin's log after {DEADLINE:?}:\n{text}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -116,18 +146,30 @@ impl Drop for PluginProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("--- plugin log ({}) ---\n{}", self.log.display(), self.log_text());
+            eprintln!(
+                "--- plugin log ({}) ---\n{}",
+                self.log.display(),
+                self.log_text()
+            );
         }
     }
 }
 
 fn now_nanos() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
 
 /// A fresh, short directory under /tmp (unix socket paths must stay under 108 bytes).
 pub fn short_dir(label: &str) -> PathBuf {
-    let dir = PathBuf::from(format!("/tmp/vgpu-k8s-{}-{}-{}", label, std::process::id(), now_nanos() % 1_000_000_000));
+    let dir = PathBuf::from(format!(
+        "/tmp/vgpu-k8s-{}-{}-{}",
+        label,
+        std::process::id(),
+        now_nanos() % 1_000_000_000
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir

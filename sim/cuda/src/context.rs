@@ -65,7 +65,9 @@ fn make(drv: &Driver, state: &mut State, dev: u32, flags: u32, primary: bool) ->
     if drv.device_lost(dev) {
         return Err(E::CUDA_ERROR_DEVICE_UNAVAILABLE);
     }
-    drv.machine.alloc(dev, drv.context_bytes).map_err(from_sim)?;
+    drv.machine
+        .alloc(dev, drv.context_bytes)
+        .map_err(from_sim)?;
     drv.machine.context_created(dev);
     let id = state.next_id();
     let ctx = state.contexts.insert(Context {
@@ -87,7 +89,9 @@ fn make(drv: &Driver, state: &mut State, dev: u32, flags: u32, primary: bool) ->
 
 /// Destroy a context and everything in it (its allocations go back to the machine).
 fn destroy(drv: &Driver, state: &mut State, ctx: Handle) {
-    let Some(device) = state.contexts.get(ctx).map(|c| c.device) else { return };
+    let Some(device) = state.contexts.get(ctx).map(|c| c.device) else {
+        return;
+    };
     memory::free_context_memory(drv, state, ctx);
     crate::module::unload_context_modules(drv, state, ctx);
     stream::remove_context_streams(state, ctx);
@@ -277,14 +281,22 @@ pub(crate) fn set_flags(flags: u32) -> CuResult {
 pub(crate) fn limit(limit: u32) -> CuResult<usize> {
     let state = driver()?.lock();
     let (_, ctx) = state.current()?;
-    ctx.limits.get(limit as usize).copied().ok_or(E::CUDA_ERROR_UNSUPPORTED_LIMIT)
+    ctx.limits
+        .get(limit as usize)
+        .copied()
+        .ok_or(E::CUDA_ERROR_UNSUPPORTED_LIMIT)
 }
 
 pub(crate) fn set_limit(limit: u32, value: usize) -> CuResult {
     let mut state = driver()?.lock();
     let (ctx, _) = state.current()?;
-    let c = state.contexts.get_mut(ctx).ok_or(E::CUDA_ERROR_INVALID_CONTEXT)?;
-    *c.limits.get_mut(limit as usize).ok_or(E::CUDA_ERROR_UNSUPPORTED_LIMIT)? = value;
+    let c = state
+        .contexts
+        .get_mut(ctx)
+        .ok_or(E::CUDA_ERROR_INVALID_CONTEXT)?;
+    *c.limits
+        .get_mut(limit as usize)
+        .ok_or(E::CUDA_ERROR_UNSUPPORTED_LIMIT)? = value;
     Ok(())
 }
 

@@ -102,12 +102,17 @@ fn l2_bytes(spec: &DeviceSpec) -> i32 {
 }
 
 /// Blocks of `block_threads` threads using `dynamic_shared` bytes that fit on one SM at once.
-pub(crate) fn max_active_blocks_per_sm(spec: &DeviceSpec, block_threads: u32, dynamic_shared: u64) -> u32 {
+pub(crate) fn max_active_blocks_per_sm(
+    spec: &DeviceSpec,
+    block_threads: u32,
+    dynamic_shared: u64,
+) -> u32 {
     if block_threads == 0 || block_threads > 1024 {
         return 0;
     }
     let warps_rounded = block_threads.div_ceil(32) * 32;
-    let mut blocks = (max_threads_per_sm(spec) as u32 / warps_rounded).min(max_blocks_per_sm(spec) as u32);
+    let mut blocks =
+        (max_threads_per_sm(spec) as u32 / warps_rounded).min(max_blocks_per_sm(spec) as u32);
     if dynamic_shared > 0 {
         blocks = blocks.min((shared_memory_per_sm(spec) as u64 / (dynamic_shared + 1024)) as u32);
     }
@@ -125,92 +130,116 @@ pub(crate) fn attribute(device: &Device, attr: i32) -> CuResult<i32> {
     let hopper = spec.cc_major >= 9;
     let datacenter = matches!(cc(spec), 70 | 80 | 90);
     Ok(match attr {
-        1 => 1024,                                  // MAX_THREADS_PER_BLOCK
-        2 | 3 => 1024,                              // MAX_BLOCK_DIM_X/Y
-        4 => 64,                                    // MAX_BLOCK_DIM_Z
-        5 => i32::MAX,                              // MAX_GRID_DIM_X
-        6 | 7 => 65_535,                            // MAX_GRID_DIM_Y/Z
-        8 => 49_152,                                // MAX_SHARED_MEMORY_PER_BLOCK
-        9 => 65_536,                                // TOTAL_CONSTANT_MEMORY
-        10 => 32,                                   // WARP_SIZE
-        11 => i32::MAX,                             // MAX_PITCH
-        12 => 65_536,                               // MAX_REGISTERS_PER_BLOCK
+        1 => 1024,                                          // MAX_THREADS_PER_BLOCK
+        2 | 3 => 1024,                                      // MAX_BLOCK_DIM_X/Y
+        4 => 64,                                            // MAX_BLOCK_DIM_Z
+        5 => i32::MAX,                                      // MAX_GRID_DIM_X
+        6 | 7 => 65_535,                                    // MAX_GRID_DIM_Y/Z
+        8 => 49_152,                                        // MAX_SHARED_MEMORY_PER_BLOCK
+        9 => 65_536,                                        // TOTAL_CONSTANT_MEMORY
+        10 => 32,                                           // WARP_SIZE
+        11 => i32::MAX,                                     // MAX_PITCH
+        12 => 65_536,                                       // MAX_REGISTERS_PER_BLOCK
         13 => (spec.clock_mhz as i32).saturating_mul(1000), // CLOCK_RATE (kHz)
-        14 => 512,                                  // TEXTURE_ALIGNMENT
-        15 => 1,                                    // GPU_OVERLAP
-        16 => spec.sms as i32,                      // MULTIPROCESSOR_COUNT
-        17 | 18 => 0,                               // KERNEL_EXEC_TIMEOUT, INTEGRATED
-        19 => 1,                                    // CAN_MAP_HOST_MEMORY
-        20 => 0,                                    // COMPUTE_MODE: default
-        21 => 131_072,                              // MAXIMUM_TEXTURE1D_WIDTH
-        22 => 131_072,                              // MAXIMUM_TEXTURE2D_WIDTH
-        23 => 65_536,                               // MAXIMUM_TEXTURE2D_HEIGHT
-        24..=26 => 16_384,                          // MAXIMUM_TEXTURE3D_*
-        27 | 28 => 32_768,                          // MAXIMUM_TEXTURE2D_LAYERED_WIDTH/HEIGHT
-        29 => 2048,                                 // MAXIMUM_TEXTURE2D_LAYERED_LAYERS
-        30 => 512,                                  // SURFACE_ALIGNMENT
-        31 => 1,                                    // CONCURRENT_KERNELS
-        32 => datacenter as i32,                    // ECC_ENABLED
-        33 => bus as i32,                           // PCI_BUS_ID
-        34 => slot as i32,                          // PCI_DEVICE_ID
-        35 => 0,                                    // TCC_DRIVER
-        36 => if datacenter { 1_593_000 } else { 6_251_000 }, // MEMORY_CLOCK_RATE (kHz)
-        37 => if datacenter { 5120 } else { 192 },  // GLOBAL_MEMORY_BUS_WIDTH
-        38 => l2_bytes(spec),                       // L2_CACHE_SIZE
-        39 => max_threads_per_sm(spec),             // MAX_THREADS_PER_MULTIPROCESSOR
-        40 => 2,                                    // ASYNC_ENGINE_COUNT
-        41 => 1,                                    // UNIFIED_ADDRESSING
-        42 => 32_768,                               // MAXIMUM_TEXTURE1D_LAYERED_WIDTH
-        43 => 2048,                                 // MAXIMUM_TEXTURE1D_LAYERED_LAYERS
-        44 => 1,                                    // CAN_TEX2D_GATHER
-        45 | 46 => 32_768,                          // MAXIMUM_TEXTURE2D_GATHER_*
-        47 | 48 => 8192,                            // MAXIMUM_TEXTURE3D_*_ALTERNATE
+        14 => 512,                                          // TEXTURE_ALIGNMENT
+        15 => 1,                                            // GPU_OVERLAP
+        16 => spec.sms as i32,                              // MULTIPROCESSOR_COUNT
+        17 | 18 => 0,                                       // KERNEL_EXEC_TIMEOUT, INTEGRATED
+        19 => 1,                                            // CAN_MAP_HOST_MEMORY
+        20 => 0,                                            // COMPUTE_MODE: default
+        21 => 131_072,                                      // MAXIMUM_TEXTURE1D_WIDTH
+        22 => 131_072,                                      // MAXIMUM_TEXTURE2D_WIDTH
+        23 => 65_536,                                       // MAXIMUM_TEXTURE2D_HEIGHT
+        24..=26 => 16_384,                                  // MAXIMUM_TEXTURE3D_*
+        27 | 28 => 32_768,       // MAXIMUM_TEXTURE2D_LAYERED_WIDTH/HEIGHT
+        29 => 2048,              // MAXIMUM_TEXTURE2D_LAYERED_LAYERS
+        30 => 512,               // SURFACE_ALIGNMENT
+        31 => 1,                 // CONCURRENT_KERNELS
+        32 => datacenter as i32, // ECC_ENABLED
+        33 => bus as i32,        // PCI_BUS_ID
+        34 => slot as i32,       // PCI_DEVICE_ID
+        35 => 0,                 // TCC_DRIVER
+        36 => {
+            if datacenter {
+                1_593_000
+            } else {
+                6_251_000
+            }
+        } // MEMORY_CLOCK_RATE (kHz)
+        37 => {
+            if datacenter {
+                5120
+            } else {
+                192
+            }
+        } // GLOBAL_MEMORY_BUS_WIDTH
+        38 => l2_bytes(spec),    // L2_CACHE_SIZE
+        39 => max_threads_per_sm(spec), // MAX_THREADS_PER_MULTIPROCESSOR
+        40 => 2,                 // ASYNC_ENGINE_COUNT
+        41 => 1,                 // UNIFIED_ADDRESSING
+        42 => 32_768,            // MAXIMUM_TEXTURE1D_LAYERED_WIDTH
+        43 => 2048,              // MAXIMUM_TEXTURE1D_LAYERED_LAYERS
+        44 => 1,                 // CAN_TEX2D_GATHER
+        45 | 46 => 32_768,       // MAXIMUM_TEXTURE2D_GATHER_*
+        47 | 48 => 8192,         // MAXIMUM_TEXTURE3D_*_ALTERNATE
         49 => 32_768,
-        50 => domain as i32,                        // PCI_DOMAIN_ID
-        51 => 32,                                   // TEXTURE_PITCH_ALIGNMENT
-        52 | 53 => 32_768,                          // MAXIMUM_TEXTURECUBEMAP_*
+        50 => domain as i32, // PCI_DOMAIN_ID
+        51 => 32,            // TEXTURE_PITCH_ALIGNMENT
+        52 | 53 => 32_768,   // MAXIMUM_TEXTURECUBEMAP_*
         54 => 2046,
-        55 => 32_768,                               // MAXIMUM_SURFACE1D_WIDTH
-        56 => 131_072,                              // MAXIMUM_SURFACE2D_WIDTH
+        55 => 32_768,  // MAXIMUM_SURFACE1D_WIDTH
+        56 => 131_072, // MAXIMUM_SURFACE2D_WIDTH
         57 => 65_536,
-        58..=60 => 16_384,                          // MAXIMUM_SURFACE3D_*
+        58..=60 => 16_384, // MAXIMUM_SURFACE3D_*
         61 => 32_768,
         62 => 2048,
         63 | 64 => 32_768,
         65 => 2048,
         66 | 67 => 32_768,
         68 => 2046,
-        69 => 268_435_456,                          // MAXIMUM_TEXTURE1D_LINEAR_WIDTH
+        69 => 268_435_456, // MAXIMUM_TEXTURE1D_LINEAR_WIDTH
         70 => 131_072,
         71 => 65_000,
         72 => 2_097_120,
         73 | 74 => 32_768,
-        75 => spec.cc_major as i32,                 // COMPUTE_CAPABILITY_MAJOR
-        76 => spec.cc_minor as i32,                 // COMPUTE_CAPABILITY_MINOR
+        75 => spec.cc_major as i32, // COMPUTE_CAPABILITY_MAJOR
+        76 => spec.cc_minor as i32, // COMPUTE_CAPABILITY_MINOR
         77 => 32_768,
-        78..=80 => 1,                               // STREAM_PRIORITIES, GLOBAL/LOCAL_L1_CACHE
-        81 => shared_memory_per_sm(spec),           // MAX_SHARED_MEMORY_PER_MULTIPROCESSOR
-        82 => 65_536,                               // MAX_REGISTERS_PER_MULTIPROCESSOR
-        83 => 1,                                    // MANAGED_MEMORY
-        84 => 0,                                    // MULTI_GPU_BOARD
-        85 => spec.index as i32,                    // MULTI_GPU_BOARD_GROUP_ID
-        87 => if datacenter { 2 } else { 64 },      // SINGLE_TO_DOUBLE_PRECISION_PERF_RATIO
-        89 | 90 => 1,                               // CONCURRENT_MANAGED_ACCESS, COMPUTE_PREEMPTION
-        95 | 96 => 1,                               // COOPERATIVE_LAUNCH, _MULTI_DEVICE_LAUNCH
-        97 => shared_memory_optin(spec),            // MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
-        99 => 1,                                    // HOST_REGISTER_SUPPORTED
-        102 => 1,                                   // VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED
-        106 => max_blocks_per_sm(spec),             // MAX_BLOCKS_PER_MULTIPROCESSOR
-        108 => l2_bytes(spec) / 4 * 3,              // MAX_PERSISTING_L2_CACHE_SIZE
-        109 => 134_213_632,                         // MAX_ACCESS_POLICY_WINDOW_SIZE
-        111 => 1024,                                // RESERVED_SHARED_MEMORY_PER_BLOCK
-        113 => 1,                                   // READ_ONLY_HOST_REGISTER_SUPPORTED
-        115 => 1,                                   // MEMORY_POOLS_SUPPORTED
-        120 | 127 => hopper as i32,                 // CLUSTER_LAUNCH, TENSOR_MAP_ACCESS
-        126 => if hopper { 4 } else { 1 },          // MEM_SYNC_DOMAIN_COUNT
-        131 | 134 => -1,                            // NUMA_ID, HOST_NUMA_ID: none
-        139 => spec.pci_device_id as i32,           // GPU_PCI_DEVICE_ID
-        140 => spec.pci_subsystem_id as i32,        // GPU_PCI_SUBSYSTEM_ID
+        78..=80 => 1,                     // STREAM_PRIORITIES, GLOBAL/LOCAL_L1_CACHE
+        81 => shared_memory_per_sm(spec), // MAX_SHARED_MEMORY_PER_MULTIPROCESSOR
+        82 => 65_536,                     // MAX_REGISTERS_PER_MULTIPROCESSOR
+        83 => 1,                          // MANAGED_MEMORY
+        84 => 0,                          // MULTI_GPU_BOARD
+        85 => spec.index as i32,          // MULTI_GPU_BOARD_GROUP_ID
+        87 => {
+            if datacenter {
+                2
+            } else {
+                64
+            }
+        } // SINGLE_TO_DOUBLE_PRECISION_PERF_RATIO
+        89 | 90 => 1,                     // CONCURRENT_MANAGED_ACCESS, COMPUTE_PREEMPTION
+        95 | 96 => 1,                     // COOPERATIVE_LAUNCH, _MULTI_DEVICE_LAUNCH
+        97 => shared_memory_optin(spec),  // MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
+        99 => 1,                          // HOST_REGISTER_SUPPORTED
+        102 => 1,                         // VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED
+        106 => max_blocks_per_sm(spec),   // MAX_BLOCKS_PER_MULTIPROCESSOR
+        108 => l2_bytes(spec) / 4 * 3,    // MAX_PERSISTING_L2_CACHE_SIZE
+        109 => 134_213_632,               // MAX_ACCESS_POLICY_WINDOW_SIZE
+        111 => 1024,                      // RESERVED_SHARED_MEMORY_PER_BLOCK
+        113 => 1,                         // READ_ONLY_HOST_REGISTER_SUPPORTED
+        115 => 1,                         // MEMORY_POOLS_SUPPORTED
+        120 | 127 => hopper as i32,       // CLUSTER_LAUNCH, TENSOR_MAP_ACCESS
+        126 => {
+            if hopper {
+                4
+            } else {
+                1
+            }
+        } // MEM_SYNC_DOMAIN_COUNT
+        131 | 134 => -1,                  // NUMA_ID, HOST_NUMA_ID: none
+        139 => spec.pci_device_id as i32, // GPU_PCI_DEVICE_ID
+        140 => spec.pci_subsystem_id as i32, // GPU_PCI_SUBSYSTEM_ID
         _ => 0,
     })
 }

@@ -109,10 +109,10 @@ pub(crate) fn init(flags: u32) -> CuResult {
         return Err(E::CUDA_ERROR_NO_DEVICE);
     }
     let context_bytes = match std::env::var("SIMGPU_CONTEXT_BYTES") {
-        Ok(v) if !v.trim().is_empty() => match simgpu_state::config::parse_size(v.trim()) {
-            Ok(n) => n,
-            Err(e) => {
-                eprintln!("simulated libcuda: SIMGPU_CONTEXT_BYTES={v:?}: {e}");
+        Ok(v) if !v.trim().is_empty() => match context_bytes_from(v.trim()) {
+            Some(n) => n,
+            None => {
+                eprintln!("simulated libcuda: SIMGPU_CONTEXT_BYTES={v:?} is not a size (bytes, or like 300Mi)");
                 return Err(E::CUDA_ERROR_NO_DEVICE);
             }
         },
@@ -121,7 +121,11 @@ pub(crate) fn init(flags: u32) -> CuResult {
     let devices: Vec<Device> = machine
         .devices()
         .iter()
-        .map(|spec| Device { uuid: uuid_bytes(&spec.uuid), pci: spec.pci_parts(), spec: spec.clone() })
+        .map(|spec| Device {
+            uuid: uuid_bytes(&spec.uuid),
+            pci: spec.pci_parts(),
+            spec: spec.clone(),
+        })
         .collect();
     let count = devices.len();
     let mut state = State {
@@ -152,8 +156,21 @@ pub(crate) fn init(flags: u32) -> CuResult {
         state.current_pools.push(pool);
     }
     sys::on_fork_child(after_fork_in_child);
-    let _ = DRIVER.set(Driver { machine, devices, context_bytes, state: Mutex::new(state) });
+    let _ = DRIVER.set(Driver {
+        machine,
+        devices,
+        context_bytes,
+        state: Mutex::new(state),
+    });
     Ok(())
+}
+
+/// `SIMGPU_CONTEXT_BYTES`: a size as `SIMGPU_DEVICES` writes them (`304Mi`, bytes), or 0.
+fn context_bytes_from(text: &str) -> Option<u64> {
+    if text == "0" {
+        return Some(0);
+    }
+    simgpu_state::config::parse_size(text).ok()
 }
 
 /// `GPU-01234567-89ab-cdef-0123-456789abcdef` -> its 16 bytes (non-hex input gives zeros there).
@@ -184,7 +201,10 @@ impl Driver {
     /// Validate a device ordinal.
     #[inline]
     pub(crate) fn device(&self, dev: i32) -> CuResult<&Device> {
-        usize::try_from(dev).ok().and_then(|d| self.devices.get(d)).ok_or(E::CUDA_ERROR_INVALID_DEVICE)
+        usize::try_from(dev)
+            .ok()
+            .and_then(|d| self.devices.get(d))
+            .ok_or(E::CUDA_ERROR_INVALID_DEVICE)
     }
 
     pub(crate) fn device_lost(&self, dev: u32) -> bool {
@@ -223,7 +243,10 @@ impl State {
     #[inline]
     pub(crate) fn current(&self) -> CuResult<(Handle, &context::Context)> {
         let handle = current_context().ok_or(E::CUDA_ERROR_INVALID_CONTEXT)?;
-        let ctx = self.contexts.get(handle).ok_or(E::CUDA_ERROR_INVALID_CONTEXT)?;
+        let ctx = self
+            .contexts
+            .get(handle)
+            .ok_or(E::CUDA_ERROR_INVALID_CONTEXT)?;
         Ok((handle, ctx))
     }
 
@@ -243,7 +266,10 @@ thread_local! {
 /// The top of the calling thread's context stack.
 #[inline]
 pub(crate) fn current_context() -> Option<Handle> {
-    CONTEXT_STACK.try_with(|s| s.borrow().last().copied()).ok().flatten()
+    CONTEXT_STACK
+        .try_with(|s| s.borrow().last().copied())
+        .ok()
+        .flatten()
 }
 
 pub(crate) fn push_context(ctx: Handle) {
@@ -251,7 +277,10 @@ pub(crate) fn push_context(ctx: Handle) {
 }
 
 pub(crate) fn pop_context() -> Option<Handle> {
-    CONTEXT_STACK.try_with(|s| s.borrow_mut().pop()).ok().flatten()
+    CONTEXT_STACK
+        .try_with(|s| s.borrow_mut().pop())
+        .ok()
+        .flatten()
 }
 
 /// `cuCtxSetCurrent`: replace the top (push onto an empty stack); NULL pops.
@@ -282,6 +311,12 @@ mod tests {
     #[test]
     fn uuid_string_to_bytes() {
         let b = uuid_bytes("GPU-01234567-89ab-cdef-0123-456789ABCDEF");
-        assert_eq!(b, [0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef]);
+        assert_eq!(
+            b,
+            [
+                0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab,
+                0xcd, 0xef
+            ]
+        );
     }
 }

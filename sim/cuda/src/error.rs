@@ -136,12 +136,18 @@ error_table! {
 
 /// `cuGetErrorName`: a static C string, or `None` for a code cuda.h does not declare.
 pub(crate) fn name(code: CUresult) -> Option<*const c_char> {
-    ERRORS.iter().find(|e| e.0 == code).map(|e| e.1.as_ptr() as *const c_char)
+    ERRORS
+        .iter()
+        .find(|e| e.0 == code)
+        .map(|e| e.1.as_ptr() as *const c_char)
 }
 
 /// `cuGetErrorString`: a static C string, or `None` for a code cuda.h does not declare.
 pub(crate) fn message(code: CUresult) -> Option<*const c_char> {
-    ERRORS.iter().find(|e| e.0 == code).map(|e| e.2.as_ptr() as *const c_char)
+    ERRORS
+        .iter()
+        .find(|e| e.0 == code)
+        .map(|e| e.2.as_ptr() as *const c_char)
 }
 
 #[cfg(test)]
@@ -150,7 +156,11 @@ mod tests {
 
     #[test]
     fn every_code_has_one_name() {
-        assert_eq!(ERRORS.len(), 100, "cuda.h 12.9 declares 100 CUresult values");
+        assert_eq!(
+            ERRORS.len(),
+            100,
+            "cuda.h 12.9 declares 100 CUresult values"
+        );
         for (i, a) in ERRORS.iter().enumerate() {
             assert!(a.1.ends_with('\0') && a.2.ends_with('\0'));
             assert!(ERRORS[i + 1..].iter().all(|b| b.0 != a.0), "{} twice", a.1);

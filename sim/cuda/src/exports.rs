@@ -8,7 +8,12 @@
 //! 32-bit `CUdeviceptr` ABIs and a few early ones); its signature is written from cuda.h's
 //! `__CUDA_API_VERSION_INTERNAL` declarations.
 
-#![allow(non_snake_case, non_camel_case_types, clippy::missing_safety_doc, clippy::too_many_arguments)]
+#![allow(
+    non_snake_case,
+    non_camel_case_types,
+    clippy::missing_safety_doc,
+    clippy::too_many_arguments
+)]
 
 use std::ffi::c_void;
 use std::os::raw::{c_char, c_int, c_uchar, c_uint, c_ulonglong, c_ushort};
@@ -19,7 +24,9 @@ use crate::error::CuResult;
 use crate::handles::Handle;
 use crate::memory::{AllocKind, ArrayShape, Direction, Order};
 use crate::sys::{self, Out};
-use crate::{context, device, driver, error, graph, launch, memory, module, proc_address, stream, vmm};
+use crate::{
+    context, device, driver, error, graph, launch, memory, module, proc_address, stream, vmm,
+};
 
 /// One exported function: its symbol and address.
 pub(crate) struct Export {
@@ -124,7 +131,13 @@ fn put<T>(out: *mut T, value: T) -> CuResult {
     Ok(())
 }
 
-fn alloc_to<T>(out: *mut T, bytes: u64, kind: AllocKind, low: bool, convert: impl FnOnce(u64) -> T) -> CuResult {
+fn alloc_to<T>(
+    out: *mut T,
+    bytes: u64,
+    kind: AllocKind,
+    low: bool,
+    convert: impl FnOnce(u64) -> T,
+) -> CuResult {
     ready()?;
     let out = Out::new(out)?;
     let ptr = memory::alloc(bytes, kind, low)?;
@@ -183,7 +196,13 @@ fn kernel_launch(
     })
 }
 
-fn launch_ex(config: *const CUlaunchConfig, f: CUfunction, params: *mut *mut c_void, extra: *mut *mut c_void, per_thread: bool) -> CuResult {
+fn launch_ex(
+    config: *const CUlaunchConfig,
+    f: CUfunction,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+    per_thread: bool,
+) -> CuResult {
     ready()?;
     let c = sys::read(config)?;
     let cooperative = launch::cooperative_attribute(&c)?;
@@ -243,10 +262,16 @@ fn end_capture(stream: CUstream, graph_out: *mut CUgraph, per_thread: bool) -> C
     }
 }
 
-fn is_capturing(stream: CUstream, status: *mut CUstreamCaptureStatus, per_thread: bool) -> CuResult {
+fn is_capturing(
+    stream: CUstream,
+    status: *mut CUstreamCaptureStatus,
+    per_thread: bool,
+) -> CuResult {
     ready()?;
     let out = Out::new(status)?;
-    out.write(CUstreamCaptureStatus(graph::capture_info(h(stream), per_thread)?.status));
+    out.write(CUstreamCaptureStatus(
+        graph::capture_info(h(stream), per_thread)?.status,
+    ));
     Ok(())
 }
 
@@ -282,7 +307,13 @@ fn capture_info(
     Ok(())
 }
 
-fn instantiate(exec_out: *mut CUgraphExec, graph: CUgraph, error_node: *mut CUgraphNode, log: *mut c_char, log_size: usize) -> CuResult {
+fn instantiate(
+    exec_out: *mut CUgraphExec,
+    graph: CUgraph,
+    error_node: *mut CUgraphNode,
+    log: *mut c_char,
+    log_size: usize,
+) -> CuResult {
     ready()?;
     let out = Out::new(exec_out)?;
     if let Some(o) = Out::optional(error_node) {
@@ -306,7 +337,11 @@ fn instantiate_with_flags(exec_out: *mut CUgraphExec, graph: CUgraph, flags: u64
     Ok(())
 }
 
-fn instantiate_with_params(exec_out: *mut CUgraphExec, graph: CUgraph, params: *mut CUDA_GRAPH_INSTANTIATE_PARAMS) -> CuResult {
+fn instantiate_with_params(
+    exec_out: *mut CUgraphExec,
+    graph: CUgraph,
+    params: *mut CUDA_GRAPH_INSTANTIATE_PARAMS,
+) -> CuResult {
     ready()?;
     let out = Out::new(exec_out)?;
     let mut prm = sys::read(params as *const CUDA_GRAPH_INSTANTIATE_PARAMS)?;
@@ -329,8 +364,15 @@ fn add_kernel_node(
     params: CUDA_KERNEL_NODE_PARAMS_v2,
 ) -> CuResult {
     let out = Out::new(node_out)?;
-    let deps: Vec<Handle> = sys::read_array(deps, dep_count)?.into_iter().map(h).collect();
-    let func = if params.func.is_null() { h(params.kern) } else { h(params.func) };
+    let deps: Vec<Handle> = sys::read_array(deps, dep_count)?
+        .into_iter()
+        .map(h)
+        .collect();
+    let func = if params.func.is_null() {
+        h(params.kern)
+    } else {
+        h(params.func)
+    };
     let node = graph::add_kernel_node(h(graph), &deps, |drv, state| {
         let (op, _) = launch::kernel_op(
             drv,
@@ -352,7 +394,11 @@ fn add_kernel_node(
 fn graph_nodes(graph: CUgraph, nodes: *mut CUgraphNode, count: *mut usize) -> CuResult {
     ready()?;
     // With a buffer, `*count` says how many it holds; we fill what fits and report the total.
-    let capacity = if nodes.is_null() { 0 } else { sys::read(count as *const usize)? };
+    let capacity = if nodes.is_null() {
+        0
+    } else {
+        sys::read(count as *const usize)?
+    };
     let count = Out::new(count)?;
     let all = graph::nodes(h(graph))?;
     for (i, n) in all.iter().take(capacity).enumerate() {
@@ -378,11 +424,21 @@ fn pool_set(pool: CUmemoryPool, attr: CUmemPool_attribute, value: *mut c_void) -
     if value.is_null() {
         return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
     }
-    memory::set_pool_attribute(h(pool), attr.0, || sys::read(value as *const c_int), || sys::read(value as *const u64))
+    memory::set_pool_attribute(
+        h(pool),
+        attr.0,
+        || sys::read(value as *const c_int),
+        || sys::read(value as *const u64),
+    )
 }
 
 /// Write one pointer attribute in its C type; `None` = the pointer is not CUDA memory.
-fn pointer_attribute(data: *mut c_void, attr: u32, ptr: u64, info: Option<&memory::PointerInfo>) -> CuResult {
+fn pointer_attribute(
+    data: *mut c_void,
+    attr: u32,
+    ptr: u64,
+    info: Option<&memory::PointerInfo>,
+) -> CuResult {
     let Some(i) = info else {
         return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
     };
@@ -393,21 +449,26 @@ fn pointer_attribute(data: *mut c_void, attr: u32, ptr: u64, info: Option<&memor
         3 => put(data as *mut u64, ptr),
         4 if i.host || i.managed => put(data as *mut *mut c_void, ptr as *mut c_void),
         4 => Err(CUresult::CUDA_ERROR_INVALID_VALUE),
-        6 | 13 => put(data as *mut bool, true),               // SYNC_MEMOPS, MAPPED
-        7 | 20 => put(data as *mut u64, i.base),              // BUFFER_ID, MEMORY_BLOCK_ID
-        8 => put(data as *mut bool, i.managed),               // IS_MANAGED
-        9 => put(data as *mut c_int, i.device as c_int),      // DEVICE_ORDINAL
-        10 | 15 | 21 => put(data as *mut bool, false),        // IPC, RDMA, HW_DECOMPRESS capable
-        11 | 19 => put(data as *mut u64, i.base),             // RANGE_START_ADDR, MAPPING_BASE_ADDR
-        12 | 18 => put(data as *mut usize, i.size as usize),  // RANGE_SIZE, MAPPING_SIZE
-        14 => put(data as *mut u64, 0),                       // ALLOWED_HANDLE_TYPES
-        16 => put(data as *mut c_uint, 3),                    // ACCESS_FLAGS: read-write
-        17 => put(data as *mut CUmemoryPool, p(i.pool)),      // MEMPOOL_HANDLE
+        6 | 13 => put(data as *mut bool, true), // SYNC_MEMOPS, MAPPED
+        7 | 20 => put(data as *mut u64, i.base), // BUFFER_ID, MEMORY_BLOCK_ID
+        8 => put(data as *mut bool, i.managed), // IS_MANAGED
+        9 => put(data as *mut c_int, i.device as c_int), // DEVICE_ORDINAL
+        10 | 15 | 21 => put(data as *mut bool, false), // IPC, RDMA, HW_DECOMPRESS capable
+        11 | 19 => put(data as *mut u64, i.base), // RANGE_START_ADDR, MAPPING_BASE_ADDR
+        12 | 18 => put(data as *mut usize, i.size as usize), // RANGE_SIZE, MAPPING_SIZE
+        14 => put(data as *mut u64, 0),         // ALLOWED_HANDLE_TYPES
+        16 => put(data as *mut c_uint, 3),      // ACCESS_FLAGS: read-write
+        17 => put(data as *mut CUmemoryPool, p(i.pool)), // MEMPOOL_HANDLE
         _ => Err(CUresult::CUDA_ERROR_INVALID_VALUE),
     }
 }
 
-fn pointer_attributes(count: c_uint, attrs: *mut CUpointer_attribute, data: *mut *mut c_void, ptr: u64) -> CuResult {
+fn pointer_attributes(
+    count: c_uint,
+    attrs: *mut CUpointer_attribute,
+    data: *mut *mut c_void,
+    ptr: u64,
+) -> CuResult {
     ready()?;
     let attrs = sys::read_array(attrs as *const CUpointer_attribute, count as usize)?;
     let slots = sys::read_array(data as *const *mut c_void, count as usize)?;
@@ -429,7 +490,12 @@ fn pointer_attributes(count: c_uint, attrs: *mut CUpointer_attribute, data: *mut
     Ok(())
 }
 
-fn module_global(dptr: *mut u64, bytes: *mut usize, module: CUmodule, name: *const c_char) -> CuResult {
+fn module_global(
+    dptr: *mut u64,
+    bytes: *mut usize,
+    module: CUmodule,
+    name: *const c_char,
+) -> CuResult {
     let (addr, size) = module::get_global(h(module), name)?;
     if let Some(o) = Out::optional(dptr) {
         o.write(addr);
@@ -440,8 +506,22 @@ fn module_global(dptr: *mut u64, bytes: *mut usize, module: CUmodule, name: *con
     Ok(())
 }
 
-fn array_shape(w: u64, ht: u64, d: u64, format: CUarray_format, channels: u32, levels: u32) -> ArrayShape {
-    ArrayShape { width: w, height: ht, depth: d, format: format.0, channels, levels }
+fn array_shape(
+    w: u64,
+    ht: u64,
+    d: u64,
+    format: CUarray_format,
+    channels: u32,
+    levels: u32,
+) -> ArrayShape {
+    ArrayShape {
+        width: w,
+        height: ht,
+        depth: d,
+        format: format.0,
+        channels,
+        levels,
+    }
 }
 
 fn primary_state(dev: CUdevice, flags: *mut c_uint, active: *mut c_int) -> CuResult {
@@ -461,7 +541,11 @@ fn module_loading_mode() -> CUmoduleLoadingMode {
     }
 }
 
-fn error_string(code: CUresult, out: *mut *const c_char, lookup: fn(CUresult) -> Option<*const c_char>) -> CuResult {
+fn error_string(
+    code: CUresult,
+    out: *mut *const c_char,
+    lookup: fn(CUresult) -> Option<*const c_char>,
+) -> CuResult {
     let out = Out::new(out)?;
     match lookup(code) {
         Some(s) => {
@@ -1181,7 +1265,9 @@ fn cuDeviceGetUuid_body(uuid: *mut CUuuid, dev: CUdevice) -> CuResult {
     ready()?;
     let out = Out::new(uuid)?;
     let bytes = device::with(dev, |d| d.uuid)?;
-    out.write(CUuuid { bytes: bytes.map(|b| b as c_char) });
+    out.write(CUuuid {
+        bytes: bytes.map(|b| b as c_char),
+    });
     Ok(())
 }
 
@@ -1201,7 +1287,9 @@ mod tests {
     fn every_export_is_a_declared_driver_symbol() {
         for e in EXPORTS {
             assert!(
-                vgpu_abi::proc_table::DECLARED_SYMBOLS.binary_search(&e.name).is_ok(),
+                vgpu_abi::proc_table::DECLARED_SYMBOLS
+                    .binary_search(&e.name)
+                    .is_ok(),
                 "{} is not a cuda.h entry point",
                 e.name
             );
@@ -1218,16 +1306,40 @@ mod tests {
         assert_eq!(v2, cuGetProcAddress_v2 as *mut c_void);
         let v1 = proc_address::resolve("cuGetProcAddress", 11030, 0).unwrap();
         assert_eq!(v1, cuGetProcAddress as *mut c_void);
-        assert_eq!(proc_address::resolve("cuMemAlloc", 3020, 0).unwrap(), cuMemAlloc_v2 as *mut c_void);
-        assert_eq!(proc_address::resolve("cuMemAlloc", 2000, 0).unwrap(), cuMemAlloc as *mut c_void);
-        assert_eq!(proc_address::resolve("cuLaunchKernel", 12000, 2).unwrap(), cuLaunchKernel_ptsz as *mut c_void);
-        assert_eq!(proc_address::resolve("cuMemcpyHtoD", 12000, 2).unwrap(), cuMemcpyHtoD_v2_ptds as *mut c_void);
+        assert_eq!(
+            proc_address::resolve("cuMemAlloc", 3020, 0).unwrap(),
+            cuMemAlloc_v2 as *mut c_void
+        );
+        assert_eq!(
+            proc_address::resolve("cuMemAlloc", 2000, 0).unwrap(),
+            cuMemAlloc as *mut c_void
+        );
+        assert_eq!(
+            proc_address::resolve("cuLaunchKernel", 12000, 2).unwrap(),
+            cuLaunchKernel_ptsz as *mut c_void
+        );
+        assert_eq!(
+            proc_address::resolve("cuMemcpyHtoD", 12000, 2).unwrap(),
+            cuMemcpyHtoD_v2_ptds as *mut c_void
+        );
         let not_found = proc_address::resolve("cuNoSuchThing", 12000, 0).unwrap_err();
-        assert_eq!(not_found.1, CUdriverProcAddressQueryResult::CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND);
+        assert_eq!(
+            not_found.1,
+            CUdriverProcAddressQueryResult::CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND
+        );
         let too_old = proc_address::resolve("cuLaunchKernel", 3000, 0).unwrap_err();
-        assert_eq!(too_old.1, CUdriverProcAddressQueryResult::CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT);
+        assert_eq!(
+            too_old.1,
+            CUdriverProcAddressQueryResult::CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT
+        );
         // Known to the table but not simulated.
         let unimplemented = proc_address::resolve("cuTexRefSetAddress", 12000, 0).unwrap_err();
-        assert_eq!(unimplemented, (CUresult::CUDA_ERROR_NOT_FOUND, CUdriverProcAddressQueryResult::CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND));
+        assert_eq!(
+            unimplemented,
+            (
+                CUresult::CUDA_ERROR_NOT_FOUND,
+                CUdriverProcAddressQueryResult::CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND
+            )
+        );
     }
 }

@@ -19,8 +19,17 @@ use crate::{memory, stream, sys};
 #[derive(Clone, Debug)]
 pub(crate) enum Op {
     Kernel(KernelOp),
-    Memset { dst: u64, value: u32, element_bytes: u64, count: u64 },
-    Memcpy { dst: u64, src: u64, len: u64 },
+    Memset {
+        dst: u64,
+        value: u32,
+        element_bytes: u64,
+        count: u64,
+    },
+    Memcpy {
+        dst: u64,
+        src: u64,
+        len: u64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -34,36 +43,77 @@ pub(crate) struct KernelOp {
 
 /// A write to perform once the state lock is dropped.
 pub(crate) enum Effect {
-    Fill { dst: u64, value: u32, count: u64 },
-    Set { dst: u64, value: u32, element_bytes: u64, count: u64 },
-    Copy { dst: u64, src: u64, len: u64 },
+    Fill {
+        dst: u64,
+        value: u32,
+        count: u64,
+    },
+    Set {
+        dst: u64,
+        value: u32,
+        element_bytes: u64,
+        count: u64,
+    },
+    Copy {
+        dst: u64,
+        src: u64,
+        len: u64,
+    },
 }
 
 pub(crate) fn apply(effects: Vec<Effect>) {
     for e in effects {
         match e {
             Effect::Fill { dst, value, count } => sys::fill_u32(dst, value, count),
-            Effect::Set { dst, value, element_bytes, count } => memory::write_pattern(dst, value, element_bytes, count),
+            Effect::Set {
+                dst,
+                value,
+                element_bytes,
+                count,
+            } => memory::write_pattern(dst, value, element_bytes, count),
             Effect::Copy { dst, src, len } => sys::copy(dst, src, len),
         }
     }
 }
 
 /// Run `op` on `stream` now: kernels are placed on the timeline; writes are queued in `effects`.
-pub(crate) fn execute(drv: &Driver, state: &mut State, stream: Handle, op: &Op, effects: &mut Vec<Effect>) -> CuResult {
+pub(crate) fn execute(
+    drv: &Driver,
+    state: &mut State,
+    stream: Handle,
+    op: &Op,
+    effects: &mut Vec<Effect>,
+) -> CuResult {
     match op {
         Op::Kernel(k) => {
             let device = stream::device_of(state, stream)?;
             let sms = drv.devices[device as usize].spec.sms;
-            stream::schedule(drv, state, stream, kernels::duration_ns(k.behaviour, k.grid, k.block, sms))?;
+            stream::schedule(
+                drv,
+                state,
+                stream,
+                kernels::duration_ns(k.behaviour, k.grid, k.block, sms),
+            )?;
             if let Some((dst, value, count)) = k.fill {
                 effects.push(Effect::Fill { dst, value, count });
             }
         }
-        Op::Memset { dst, value, element_bytes, count } => {
-            effects.push(Effect::Set { dst: *dst, value: *value, element_bytes: *element_bytes, count: *count })
-        }
-        Op::Memcpy { dst, src, len } => effects.push(Effect::Copy { dst: *dst, src: *src, len: *len }),
+        Op::Memset {
+            dst,
+            value,
+            element_bytes,
+            count,
+        } => effects.push(Effect::Set {
+            dst: *dst,
+            value: *value,
+            element_bytes: *element_bytes,
+            count: *count,
+        }),
+        Op::Memcpy { dst, src, len } => effects.push(Effect::Copy {
+            dst: *dst,
+            src: *src,
+            len: *len,
+        }),
     }
     Ok(())
 }
@@ -105,7 +155,10 @@ pub(crate) const CAPTURE_ACTIVE: u32 = 1;
 pub(crate) const CAPTURE_INVALIDATED: u32 = 2;
 
 fn add_node(state: &mut State, graph: Handle, op: Option<Op>) -> CuResult<Handle> {
-    let g = state.graphs.get_mut(graph).ok_or(E::CUDA_ERROR_INVALID_VALUE)?;
+    let g = state
+        .graphs
+        .get_mut(graph)
+        .ok_or(E::CUDA_ERROR_INVALID_VALUE)?;
     let index = g.nodes.len() as u32;
     g.nodes.push(Node { op });
     let handle = state.nodes.insert(NodeRef { graph, index });
@@ -129,7 +182,9 @@ fn capture_of(state: &State, stream: Handle) -> Option<usize> {
 
 /// If `stream` is capturing, record `op` as the next node and return true.
 pub(crate) fn record_if_capturing(state: &mut State, stream: Handle, op: Op) -> CuResult<bool> {
-    let Some(i) = capture_of(state, stream) else { return Ok(false) };
+    let Some(i) = capture_of(state, stream) else {
+        return Ok(false);
+    };
     if state.captures[i].invalidated {
         return Err(E::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
     }
@@ -155,7 +210,10 @@ pub(crate) fn join_capture(state: &mut State, stream: Handle, capture: u64) -> C
     if !state.captures.iter().any(|c| c.id == capture) {
         return Ok(()); // that capture has ended; the event is stale
     }
-    let s = state.streams.get_mut(stream).ok_or(E::CUDA_ERROR_INVALID_HANDLE)?;
+    let s = state
+        .streams
+        .get_mut(stream)
+        .ok_or(E::CUDA_ERROR_INVALID_HANDLE)?;
     match s.capture {
         Some(id) if id != capture => Err(E::CUDA_ERROR_STREAM_CAPTURE_MERGE),
         _ => {
@@ -200,7 +258,13 @@ pub(crate) fn begin_capture(stream: Handle, mode: u32, per_thread: bool) -> CuRe
     }
     let id = state.next_id();
     let graph = state.graphs.insert(Graph::default());
-    state.captures.push(Capture { id, graph, origin: s, invalidated: false, last: Vec::new() });
+    state.captures.push(Capture {
+        id,
+        graph,
+        origin: s,
+        invalidated: false,
+        last: Vec::new(),
+    });
     if let Some(st) = state.streams.get_mut(s) {
         st.capture = Some(id);
     }
@@ -240,11 +304,21 @@ pub(crate) fn capture_info(stream: Handle, per_thread: bool) -> CuResult<Capture
     let mut state = driver()?.lock();
     let s = stream::resolve(&mut state, stream, per_thread)?;
     Ok(match capture_of(&state, s) {
-        None => CaptureInfo { status: CAPTURE_NONE, id: 0, graph: 0, deps: std::ptr::null(), deps_count: 0 },
+        None => CaptureInfo {
+            status: CAPTURE_NONE,
+            id: 0,
+            graph: 0,
+            deps: std::ptr::null(),
+            deps_count: 0,
+        },
         Some(i) => {
             let c = &state.captures[i];
             CaptureInfo {
-                status: if c.invalidated { CAPTURE_INVALIDATED } else { CAPTURE_ACTIVE },
+                status: if c.invalidated {
+                    CAPTURE_INVALIDATED
+                } else {
+                    CAPTURE_ACTIVE
+                },
                 id: c.id,
                 graph: c.graph,
                 // Valid until the capture records its next node, as the driver documents.
@@ -265,7 +339,9 @@ pub(crate) fn create(flags: u32) -> CuResult<Handle> {
 }
 
 fn destroy_graph(state: &mut State, graph: Handle) -> bool {
-    let Some(g) = state.graphs.remove(graph) else { return false };
+    let Some(g) = state.graphs.remove(graph) else {
+        return false;
+    };
     for h in g.handles {
         state.nodes.remove(h);
     }
@@ -302,7 +378,11 @@ pub(crate) fn add_kernel_node(
 /// `cuGraphGetNodes`: all node handles (the caller's buffer holds `capacity`); returns the total.
 pub(crate) fn nodes(graph: Handle) -> CuResult<Vec<Handle>> {
     let state = driver()?.lock();
-    state.graphs.get(graph).map(|g| g.handles.clone()).ok_or(E::CUDA_ERROR_INVALID_VALUE)
+    state
+        .graphs
+        .get(graph)
+        .map(|g| g.handles.clone())
+        .ok_or(E::CUDA_ERROR_INVALID_VALUE)
 }
 
 pub(crate) fn instantiate(graph: Handle) -> CuResult<Handle> {
@@ -314,7 +394,11 @@ pub(crate) fn instantiate(graph: Handle) -> CuResult<Handle> {
 
 pub(crate) fn exec_destroy(exec: Handle) -> CuResult {
     let mut state = driver()?.lock();
-    state.execs.remove(exec).map(|_| ()).ok_or(E::CUDA_ERROR_INVALID_VALUE)
+    state
+        .execs
+        .remove(exec)
+        .map(|_| ())
+        .ok_or(E::CUDA_ERROR_INVALID_VALUE)
 }
 
 pub(crate) fn upload(exec: Handle, stream: Handle, per_thread: bool) -> CuResult {
@@ -334,7 +418,11 @@ pub(crate) fn launch(exec: Handle, stream: Handle, per_thread: bool) -> CuResult
     {
         let mut state = drv.lock();
         let s = stream::resolve(&mut state, stream, per_thread)?;
-        let ops = state.execs.get(exec).map(|e| e.ops.clone()).ok_or(E::CUDA_ERROR_INVALID_VALUE)?;
+        let ops = state
+            .execs
+            .get(exec)
+            .map(|e| e.ops.clone())
+            .ok_or(E::CUDA_ERROR_INVALID_VALUE)?;
         for op in ops {
             if !record_if_capturing(&mut state, s, op.clone())? {
                 execute(drv, &mut state, s, &op, &mut effects)?;

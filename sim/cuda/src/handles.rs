@@ -49,7 +49,11 @@ const GENERATION_MASK: u32 = 0x00ff_ffff;
 
 impl<T> Table<T> {
     pub(crate) const fn new(kind: Kind) -> Table<T> {
-        Table { kind, slots: Vec::new(), free: Vec::new() }
+        Table {
+            kind,
+            slots: Vec::new(),
+            free: Vec::new(),
+        }
     }
 
     fn encode(&self, index: u32, generation: u32) -> Handle {
@@ -78,7 +82,10 @@ impl<T> Table<T> {
             }
             None => {
                 let index = self.slots.len() as u32;
-                self.slots.push(Slot { generation: 1, value: Some(value) });
+                self.slots.push(Slot {
+                    generation: 1,
+                    value: Some(value),
+                });
                 self.encode(index, 1)
             }
         }
@@ -108,10 +115,11 @@ impl<T> Table<T> {
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (Handle, &T)> + '_ {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.value.as_ref().map(|v| (self.encode(i as u32, s.generation), v)))
+        self.slots.iter().enumerate().filter_map(|(i, s)| {
+            s.value
+                .as_ref()
+                .map(|v| (self.encode(i as u32, s.generation), v))
+        })
     }
 
     pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (Handle, &mut T)> + '_ {
@@ -119,14 +127,22 @@ impl<T> Table<T> {
         self.slots.iter_mut().enumerate().filter_map(move |(i, s)| {
             let generation = s.generation;
             s.value.as_mut().map(|v| {
-                (((kind as u64) << 56) | (((generation & GENERATION_MASK) as u64) << 32) | i as u64, v)
+                (
+                    ((kind as u64) << 56)
+                        | (((generation & GENERATION_MASK) as u64) << 32)
+                        | i as u64,
+                    v,
+                )
             })
         })
     }
 
     /// Handles of every object matching `keep`.
     pub(crate) fn handles_where(&self, keep: impl Fn(&T) -> bool) -> Vec<Handle> {
-        self.iter().filter(|(_, v)| keep(v)).map(|(h, _)| h).collect()
+        self.iter()
+            .filter(|(_, v)| keep(v))
+            .map(|(h, _)| h)
+            .collect()
     }
 }
 
@@ -149,6 +165,9 @@ mod tests {
         let e = other.insert(1);
         assert!(t.get(e).is_none());
         assert!(t.get(0).is_none() && t.get(1).is_none() && t.get(u64::MAX).is_none());
-        assert_eq!(t.iter().map(|(h, v)| (h, *v)).collect::<Vec<_>>(), vec![(b, 8)]);
+        assert_eq!(
+            t.iter().map(|(h, v)| (h, *v)).collect::<Vec<_>>(),
+            vec![(b, 8)]
+        );
     }
 }

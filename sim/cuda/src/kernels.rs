@@ -64,40 +64,73 @@ pub(crate) fn classify(prefix: &[u8], terminated: bool) -> Result<ModuleSpec, St
     const FATBIN: &[u8] = &[0x50, 0xed, 0x55, 0xba]; // 0xBA55ED50, little-endian
     const FATBIN_WRAPPER: &[u8] = &[0xb1, 0x43, 0x62, 0x46]; // 0x466243B1
     if prefix.starts_with(ELF) || prefix.starts_with(FATBIN) || prefix.starts_with(FATBIN_WRAPPER) {
-        return Ok(ModuleSpec { kernels: Vec::new(), globals: Vec::new(), foreign: true });
+        return Ok(ModuleSpec {
+            kernels: Vec::new(),
+            globals: Vec::new(),
+            foreign: true,
+        });
     }
     if !terminated {
-        return Err(format!("image is not NUL-terminated within {MAX_IMAGE_BYTES} bytes"));
+        return Err(format!(
+            "image is not NUL-terminated within {MAX_IMAGE_BYTES} bytes"
+        ));
     }
-    let text = std::str::from_utf8(prefix).map_err(|_| "image is neither text nor a cubin/fatbin".to_string())?;
+    let text = std::str::from_utf8(prefix)
+        .map_err(|_| "image is neither text nor a cubin/fatbin".to_string())?;
     if text.trim_start().starts_with("SIMGPU-MODULE") {
         return parse(text);
     }
     if text.contains(".entry") || text.contains(".version") {
-        return Ok(ModuleSpec { kernels: Vec::new(), globals: Vec::new(), foreign: true });
+        return Ok(ModuleSpec {
+            kernels: Vec::new(),
+            globals: Vec::new(),
+            foreign: true,
+        });
     }
     Err("unrecognised module image".into())
 }
 
 /// Parse a `SIMGPU-MODULE 1` text image.
 pub(crate) fn parse(text: &str) -> Result<ModuleSpec, String> {
-    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
-    match lines.next().map(|l| l.split_whitespace().collect::<Vec<_>>()) {
+    let mut lines = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'));
+    match lines
+        .next()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+    {
         Some(head) if head == ["SIMGPU-MODULE", "1"] => {}
-        other => return Err(format!("first line must be `SIMGPU-MODULE 1`, not {other:?}")),
+        other => {
+            return Err(format!(
+                "first line must be `SIMGPU-MODULE 1`, not {other:?}"
+            ))
+        }
     }
-    let mut spec = ModuleSpec { kernels: Vec::new(), globals: Vec::new(), foreign: false };
+    let mut spec = ModuleSpec {
+        kernels: Vec::new(),
+        globals: Vec::new(),
+        foreign: false,
+    };
     for line in lines {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
             ["kernel", name, ns, _flags @ ..] => {
-                let ns_per_block = ns.parse::<u64>().map_err(|_| format!("kernel {name}: bad cost {ns:?}"))?;
-                spec.kernels.push(KernelSpec { name: name.to_string(), ns_per_block });
+                let ns_per_block = ns
+                    .parse::<u64>()
+                    .map_err(|_| format!("kernel {name}: bad cost {ns:?}"))?;
+                spec.kernels.push(KernelSpec {
+                    name: name.to_string(),
+                    ns_per_block,
+                });
             }
             ["global", name, bytes] => {
                 let bytes = bytes.parse::<u64>().ok().filter(|b| *b > 0);
                 let bytes = bytes.ok_or_else(|| format!("global {name}: bad size"))?;
-                spec.globals.push(GlobalSpec { name: name.to_string(), bytes });
+                spec.globals.push(GlobalSpec {
+                    name: name.to_string(),
+                    bytes,
+                });
             }
             _ => return Err(format!("cannot parse line {line:?}")),
         }
@@ -108,19 +141,32 @@ pub(crate) fn parse(text: &str) -> Result<ModuleSpec, String> {
 impl ModuleSpec {
     /// The function `name` of this module, if it has one (declared kernels win over built-ins).
     pub(crate) fn function(&self, name: &str) -> Option<Behaviour> {
-        let declared = self.kernels.iter().find(|k| k.name == name).map(|k| k.ns_per_block);
+        let declared = self
+            .kernels
+            .iter()
+            .find(|k| k.name == name)
+            .map(|k| k.ns_per_block);
         if name == "fill_u32" {
-            return Some(Behaviour::Fill { ns_per_block: declared.unwrap_or(FILL_NS_PER_BLOCK) });
+            return Some(Behaviour::Fill {
+                ns_per_block: declared.unwrap_or(FILL_NS_PER_BLOCK),
+            });
         }
         if let Some(ns_per_block) = declared {
             return Some(Behaviour::Compute { ns_per_block });
         }
-        if let Some(micros) = name.strip_prefix("sleep_").and_then(|r| r.strip_suffix("us")) {
+        if let Some(micros) = name
+            .strip_prefix("sleep_")
+            .and_then(|r| r.strip_suffix("us"))
+        {
             if let Ok(us) = micros.parse::<u64>() {
-                return Some(Behaviour::Sleep { ns: us.saturating_mul(1000) });
+                return Some(Behaviour::Sleep {
+                    ns: us.saturating_mul(1000),
+                });
             }
         }
-        self.foreign.then_some(Behaviour::Compute { ns_per_block: FOREIGN_NS_PER_BLOCK })
+        self.foreign.then_some(Behaviour::Compute {
+            ns_per_block: FOREIGN_NS_PER_BLOCK,
+        })
     }
 }
 
@@ -147,12 +193,29 @@ mod tests {
     fn parses_kernels_globals_and_builtins() {
         let spec = classify(IMAGE.as_bytes(), true).unwrap();
         assert!(!spec.foreign);
-        assert_eq!(spec.function("matmul"), Some(Behaviour::Compute { ns_per_block: 1000 }));
-        assert_eq!(spec.function("sleep_20000us"), Some(Behaviour::Sleep { ns: 20_000_000 }));
-        assert_eq!(spec.function("fill_u32"), Some(Behaviour::Fill { ns_per_block: FILL_NS_PER_BLOCK }));
+        assert_eq!(
+            spec.function("matmul"),
+            Some(Behaviour::Compute { ns_per_block: 1000 })
+        );
+        assert_eq!(
+            spec.function("sleep_20000us"),
+            Some(Behaviour::Sleep { ns: 20_000_000 })
+        );
+        assert_eq!(
+            spec.function("fill_u32"),
+            Some(Behaviour::Fill {
+                ns_per_block: FILL_NS_PER_BLOCK
+            })
+        );
         assert_eq!(spec.function("missing"), None);
         assert_eq!(spec.function("sleep_xus"), None);
-        assert_eq!(spec.globals, vec![GlobalSpec { name: "counter".into(), bytes: 64 }]);
+        assert_eq!(
+            spec.globals,
+            vec![GlobalSpec {
+                name: "counter".into(),
+                bytes: 64
+            }]
+        );
     }
 
     #[test]
@@ -166,10 +229,19 @@ mod tests {
 
     #[test]
     fn foreign_images_resolve_any_name() {
-        for head in [&b"\x7fELF\x02\x01\x01"[..], &[0x50, 0xed, 0x55, 0xba, 1], b"//\n.version 8.0\n.entry k("] {
+        for head in [
+            &b"\x7fELF\x02\x01\x01"[..],
+            &[0x50, 0xed, 0x55, 0xba, 1],
+            b"//\n.version 8.0\n.entry k(",
+        ] {
             let spec = classify(head, true).unwrap();
             assert!(spec.foreign);
-            assert_eq!(spec.function("_Z3fooPf"), Some(Behaviour::Compute { ns_per_block: FOREIGN_NS_PER_BLOCK }));
+            assert_eq!(
+                spec.function("_Z3fooPf"),
+                Some(Behaviour::Compute {
+                    ns_per_block: FOREIGN_NS_PER_BLOCK
+                })
+            );
         }
     }
 
@@ -181,8 +253,14 @@ mod tests {
         // 257 threads round up to a factor of 2; one block is one wave.
         assert_eq!(duration_ns(k, [1, 1, 1], [257, 1, 1], 108), 2000);
         // A grid that scales with the GPU takes the same time on any size.
-        assert_eq!(duration_ns(k, [58 * 4, 1, 1], [128, 1, 1], 58), duration_ns(k, [108 * 4, 1, 1], [128, 1, 1], 108));
-        assert_eq!(duration_ns(Behaviour::Sleep { ns: 5 }, [1000, 1000, 1], [1024, 1, 1], 1), 5);
+        assert_eq!(
+            duration_ns(k, [58 * 4, 1, 1], [128, 1, 1], 58),
+            duration_ns(k, [108 * 4, 1, 1], [128, 1, 1], 108)
+        );
+        assert_eq!(
+            duration_ns(Behaviour::Sleep { ns: 5 }, [1000, 1000, 1], [1024, 1, 1], 1),
+            5
+        );
         // 3-D grids multiply.
         assert_eq!(duration_ns(k, [2, 3, 4], [1, 1, 1], 24), 1000);
     }

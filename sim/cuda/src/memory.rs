@@ -120,7 +120,12 @@ pub(crate) struct AllocationProp {
 
 impl AllocationProp {
     pub(crate) fn from_c(p: &vgpu_abi::cuda::CUmemAllocationProp) -> AllocationProp {
-        AllocationProp { type_: p.type_, handle_types: p.requestedHandleTypes, location: p.location, flags: p.allocFlags }
+        AllocationProp {
+            type_: p.type_,
+            handle_types: p.requestedHandleTypes,
+            location: p.location,
+            flags: p.allocFlags,
+        }
     }
 
     pub(crate) fn to_c(self) -> vgpu_abi::cuda::CUmemAllocationProp {
@@ -157,7 +162,12 @@ pub(crate) const PHYSICAL_FILE_BYTES: u64 = 1 << 42;
 impl Memory {
     pub(crate) fn new(total_device_bytes: u64) -> Memory {
         // Room for every device's memory twice over (pools hold freed blocks, alignment wastes some).
-        let arena_bytes = align_up(total_device_bytes.saturating_mul(2).saturating_add(16 << 30), LARGE);
+        let arena_bytes = align_up(
+            total_device_bytes
+                .saturating_mul(2)
+                .saturating_add(16 << 30),
+            LARGE,
+        );
         Memory {
             arena_bytes,
             arena: None,
@@ -175,7 +185,11 @@ impl Memory {
     fn arena(&mut self, low: bool) -> Option<&mut RangeAllocator> {
         let slot = if low { &mut self.low } else { &mut self.arena };
         if slot.is_none() {
-            let mut len = if low { LOW_ARENA_BYTES } else { self.arena_bytes };
+            let mut len = if low {
+                LOW_ARENA_BYTES
+            } else {
+                self.arena_bytes
+            };
             while len >= (64 << 20) {
                 if let Some(base) = sys::reserve_rw(len, low) {
                     *slot = Some(RangeAllocator::new(base, len));
@@ -189,8 +203,11 @@ impl Memory {
 
     /// An arena block for `bytes`: (address, block bytes).
     fn carve(&mut self, bytes: u64, low: bool) -> Option<(u64, u64)> {
-        let (block, align) =
-            if bytes >= LARGE { (align_up(bytes, LARGE), LARGE) } else { (align_up(bytes.max(1), SMALL_ALIGN), SMALL_ALIGN) };
+        let (block, align) = if bytes >= LARGE {
+            (align_up(bytes, LARGE), LARGE)
+        } else {
+            (align_up(bytes.max(1), SMALL_ALIGN), SMALL_ALIGN)
+        };
         let addr = self.arena(low)?.alloc(block, align)?;
         Some((addr, block))
     }
@@ -199,7 +216,10 @@ impl Memory {
         if block >= LARGE {
             sys::discard(addr, block);
         }
-        for arena in [self.arena.as_mut(), self.low.as_mut()].into_iter().flatten() {
+        for arena in [self.arena.as_mut(), self.low.as_mut()]
+            .into_iter()
+            .flatten()
+        {
             if arena.contains(addr) {
                 arena.free(addr, block);
                 return;
@@ -221,7 +241,9 @@ impl Memory {
     /// Whether [ptr, ptr + len) is memory a kernel or copy may touch as device memory: one
     /// allocation, pinned host memory (unified addressing), or mapped `cuMemMap` ranges.
     pub(crate) fn device_range_ok(&self, ptr: u64, len: u64) -> bool {
-        let Some(end) = ptr.checked_add(len) else { return false };
+        let Some(end) = ptr.checked_add(len) else {
+            return false;
+        };
         if let Some((base, a)) = self.allocation_at(ptr) {
             return end <= base + a.size;
         }
@@ -234,7 +256,9 @@ impl Memory {
     /// Whether [ptr, end) is covered by consecutive `cuMemMap` mappings.
     pub(crate) fn mapped_range_ok(&self, ptr: u64, end: u64) -> bool {
         let mut at = ptr;
-        let Some((&base, m)) = self.mappings.range(..=ptr).next_back() else { return false };
+        let Some((&base, m)) = self.mappings.range(..=ptr).next_back() else {
+            return false;
+        };
         if ptr >= base + m.size {
             return false;
         }
@@ -250,7 +274,9 @@ impl Memory {
 
     /// Whether `ptr` is any kind of memory the driver knows (for unified-address copies).
     fn known(&self, ptr: u64) -> bool {
-        self.allocation_at(ptr).is_some() || self.host_at(ptr).is_some() || self.mapped_range_ok(ptr, ptr + 1)
+        self.allocation_at(ptr).is_some()
+            || self.host_at(ptr).is_some()
+            || self.mapped_range_ok(ptr, ptr + 1)
     }
 }
 
@@ -281,7 +307,9 @@ pub(crate) fn alloc_in(
     low: bool,
 ) -> CuResult<u64> {
     if kind == AllocKind::Global {
-        drv.machine.alloc(device, bytes).map_err(crate::error::from_sim)?;
+        drv.machine
+            .alloc(device, bytes)
+            .map_err(crate::error::from_sim)?;
     } else {
         drv.charge_allocation(device, bytes)?;
     }
@@ -289,17 +317,34 @@ pub(crate) fn alloc_in(
         drv.uncharge(device, bytes);
         return Err(E::CUDA_ERROR_OUT_OF_MEMORY);
     };
-    state.mem.allocations.insert(addr, Allocation { size: bytes, block, device, ctx, charged: bytes, kind });
+    state.mem.allocations.insert(
+        addr,
+        Allocation {
+            size: bytes,
+            block,
+            device,
+            ctx,
+            charged: bytes,
+            kind,
+        },
+    );
     Ok(addr)
 }
 
 /// `cuMemAllocPitch`: rows padded to 512 bytes. Returns (pointer, pitch).
-pub(crate) fn alloc_pitch(width: u64, height: u64, element_bytes: u32, low: bool) -> CuResult<(u64, u64)> {
+pub(crate) fn alloc_pitch(
+    width: u64,
+    height: u64,
+    element_bytes: u32,
+    low: bool,
+) -> CuResult<(u64, u64)> {
     if !matches!(element_bytes, 4 | 8 | 16) || width == 0 || height == 0 {
         return Err(E::CUDA_ERROR_INVALID_VALUE);
     }
     let pitch = align_up(width, 512);
-    let bytes = pitch.checked_mul(height).ok_or(E::CUDA_ERROR_OUT_OF_MEMORY)?;
+    let bytes = pitch
+        .checked_mul(height)
+        .ok_or(E::CUDA_ERROR_OUT_OF_MEMORY)?;
     Ok((alloc(bytes, AllocKind::Device, low)?, pitch))
 }
 
@@ -327,7 +372,9 @@ pub(crate) fn uncarve_block(state: &mut State, addr: u64, block: u64) {
 
 /// Free one allocation (a pool's block goes back to its pool).
 fn release(drv: &Driver, state: &mut State, ptr: u64) {
-    let Some(a) = state.mem.allocations.remove(&ptr) else { return };
+    let Some(a) = state.mem.allocations.remove(&ptr) else {
+        return;
+    };
     if let AllocKind::Pool(pool) = a.kind {
         if let Some(p) = state.pools.get_mut(pool) {
             p.used = p.used.saturating_sub(a.size);
@@ -341,11 +388,23 @@ fn release(drv: &Driver, state: &mut State, ptr: u64) {
 
 /// Everything of a context that dies with it: allocations, pinned host memory, arrays.
 pub(crate) fn free_context_memory(drv: &Driver, state: &mut State, ctx: Handle) {
-    let doomed: Vec<u64> = state.mem.allocations.iter().filter(|(_, a)| a.ctx == ctx).map(|(p, _)| *p).collect();
+    let doomed: Vec<u64> = state
+        .mem
+        .allocations
+        .iter()
+        .filter(|(_, a)| a.ctx == ctx)
+        .map(|(p, _)| *p)
+        .collect();
     for ptr in doomed {
         release(drv, state, ptr);
     }
-    let hosts: Vec<u64> = state.mem.host.iter().filter(|(_, h)| h.ctx == ctx).map(|(p, _)| *p).collect();
+    let hosts: Vec<u64> = state
+        .mem
+        .host
+        .iter()
+        .filter(|(_, h)| h.ctx == ctx)
+        .map(|(p, _)| *p)
+        .collect();
     for ptr in hosts {
         if let Some(h) = state.mem.host.remove(&ptr) {
             if !h.registered {
@@ -399,7 +458,15 @@ pub(crate) fn host_alloc(bytes: u64, flags: u32) -> CuResult<u64> {
         return Err(E::CUDA_ERROR_INVALID_VALUE);
     }
     let ptr = sys::host_alloc(bytes).ok_or(E::CUDA_ERROR_OUT_OF_MEMORY)?;
-    state.mem.host.insert(ptr, HostRange { size: bytes, flags, registered: false, ctx });
+    state.mem.host.insert(
+        ptr,
+        HostRange {
+            size: bytes,
+            flags,
+            registered: false,
+            ctx,
+        },
+    );
     Ok(ptr)
 }
 
@@ -427,11 +494,24 @@ pub(crate) fn host_register(ptr: u64, bytes: u64, flags: u32) -> CuResult {
     let mut state = driver()?.lock();
     let (ctx, _) = state.current()?;
     let end = ptr.checked_add(bytes).ok_or(E::CUDA_ERROR_INVALID_VALUE)?;
-    let overlaps = state.mem.host.range(..end).next_back().is_some_and(|(&b, h)| b + h.size > ptr);
+    let overlaps = state
+        .mem
+        .host
+        .range(..end)
+        .next_back()
+        .is_some_and(|(&b, h)| b + h.size > ptr);
     if overlaps {
         return Err(E::CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED);
     }
-    state.mem.host.insert(ptr, HostRange { size: bytes, flags, registered: true, ctx });
+    state.mem.host.insert(
+        ptr,
+        HostRange {
+            size: bytes,
+            flags,
+            registered: true,
+            ctx,
+        },
+    );
     Ok(())
 }
 
@@ -451,7 +531,11 @@ pub(crate) fn host_unregister(ptr: u64) -> CuResult {
 
 pub(crate) fn host_flags(ptr: u64) -> CuResult<u32> {
     let state = driver()?.lock();
-    state.mem.host_at(ptr).map(|(_, h)| h.flags).ok_or(E::CUDA_ERROR_INVALID_VALUE)
+    state
+        .mem
+        .host_at(ptr)
+        .map(|(_, h)| h.flags)
+        .ok_or(E::CUDA_ERROR_INVALID_VALUE)
 }
 
 /// `cuMemHostGetDevicePointer`: with unified addressing the device sees pinned memory at its host address.
@@ -461,7 +545,11 @@ pub(crate) fn host_device_pointer(ptr: u64, flags: u32) -> CuResult<u64> {
     }
     let state = driver()?.lock();
     state.current()?;
-    state.mem.host_at(ptr).map(|_| ptr).ok_or(E::CUDA_ERROR_INVALID_VALUE)
+    state
+        .mem
+        .host_at(ptr)
+        .map(|_| ptr)
+        .ok_or(E::CUDA_ERROR_INVALID_VALUE)
 }
 
 // ---- copies and sets ------------------------------------------------------------------------------
@@ -487,10 +575,18 @@ pub(crate) struct Order {
 
 impl Order {
     pub(crate) fn sync(per_thread: bool) -> Order {
-        Order { stream: 0, per_thread, synchronous: true }
+        Order {
+            stream: 0,
+            per_thread,
+            synchronous: true,
+        }
     }
     pub(crate) fn stream(stream: Handle, per_thread: bool) -> Order {
-        Order { stream, per_thread, synchronous: false }
+        Order {
+            stream,
+            per_thread,
+            synchronous: false,
+        }
     }
 }
 
@@ -503,7 +599,11 @@ fn prepare(state: &mut State, order: Order, op: graph::Op) -> CuResult<Option<u6
     } else if graph::record_if_capturing(state, s, op)? {
         return Ok(None);
     }
-    Ok(Some(if order.synchronous { stream::ready_at(state, s) } else { 0 }))
+    Ok(Some(if order.synchronous {
+        stream::ready_at(state, s)
+    } else {
+        0
+    }))
 }
 
 pub(crate) fn copy(dst: u64, src: u64, len: u64, direction: Direction, order: Order) -> CuResult {
@@ -515,9 +615,12 @@ pub(crate) fn copy(dst: u64, src: u64, len: u64, direction: Direction, order: Or
         let ok = match direction {
             Direction::HostToDevice => mem.device_range_ok(dst, len),
             Direction::DeviceToHost => mem.device_range_ok(src, len),
-            Direction::DeviceToDevice => mem.device_range_ok(dst, len) && mem.device_range_ok(src, len),
+            Direction::DeviceToDevice => {
+                mem.device_range_ok(dst, len) && mem.device_range_ok(src, len)
+            }
             Direction::Unified => {
-                (!mem.known(dst) || mem.device_range_ok(dst, len)) && (!mem.known(src) || mem.device_range_ok(src, len))
+                (!mem.known(dst) || mem.device_range_ok(dst, len))
+                    && (!mem.known(src) || mem.device_range_ok(src, len))
             }
         };
         if len > 0 && (!ok || dst == 0 || src == 0) {
@@ -546,11 +649,22 @@ pub(crate) fn set(dst: u64, value: u32, element_bytes: u64, count: u64, order: O
     let wait_until = {
         let mut state = drv.lock();
         state.current()?;
-        let len = count.checked_mul(element_bytes).ok_or(E::CUDA_ERROR_INVALID_VALUE)?;
+        let len = count
+            .checked_mul(element_bytes)
+            .ok_or(E::CUDA_ERROR_INVALID_VALUE)?;
         if count > 0 && !state.mem.device_range_ok(dst, len) {
             return Err(E::CUDA_ERROR_INVALID_VALUE);
         }
-        match prepare(&mut state, order, graph::Op::Memset { dst, value, element_bytes, count })? {
+        match prepare(
+            &mut state,
+            order,
+            graph::Op::Memset {
+                dst,
+                value,
+                element_bytes,
+                count,
+            },
+        )? {
             Some(t) => t,
             None => return Ok(()),
         }
@@ -574,7 +688,12 @@ pub(crate) fn write_pattern(dst: u64, value: u32, element_bytes: u64, count: u64
 // ---- stream-ordered allocation and pools ------------------------------------------------------------
 
 /// `cuMemAllocAsync` (pool `None`: the device's current pool) and `cuMemAllocFromPoolAsync`.
-pub(crate) fn alloc_async(bytes: u64, pool: Option<Handle>, stream: Handle, per_thread: bool) -> CuResult<u64> {
+pub(crate) fn alloc_async(
+    bytes: u64,
+    pool: Option<Handle>,
+    stream: Handle,
+    per_thread: bool,
+) -> CuResult<u64> {
     let drv = driver()?;
     let mut state = drv.lock();
     let s = stream::resolve(&mut state, stream, per_thread)?;
@@ -591,9 +710,19 @@ pub(crate) fn alloc_async(bytes: u64, pool: Option<Handle>, stream: Handle, per_
     let pool_device = p.device;
     let want = align_up(bytes, POOL_GRANULE);
     // Reuse the smallest freed block that fits; else grow the pool (a real device allocation).
-    let reuse = p.free_blocks.iter().enumerate().filter(|(_, b)| b.1 >= want).min_by_key(|(_, b)| b.1).map(|(i, _)| i);
+    let reuse = p
+        .free_blocks
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.1 >= want)
+        .min_by_key(|(_, b)| b.1)
+        .map(|(i, _)| i);
     let (addr, block) = match reuse {
-        Some(i) => state.pools.get_mut(pool).map(|p| p.free_blocks.swap_remove(i)).ok_or(E::CUDA_ERROR_INVALID_VALUE)?,
+        Some(i) => state
+            .pools
+            .get_mut(pool)
+            .map(|p| p.free_blocks.swap_remove(i))
+            .ok_or(E::CUDA_ERROR_INVALID_VALUE)?,
         None => {
             drv.charge_allocation(pool_device, want)?;
             let Some(carved) = state.mem.carve(want, false) else {
@@ -613,7 +742,14 @@ pub(crate) fn alloc_async(bytes: u64, pool: Option<Handle>, stream: Handle, per_
     }
     state.mem.allocations.insert(
         addr,
-        Allocation { size: bytes, block, device: pool_device, ctx, charged: 0, kind: AllocKind::Pool(pool) },
+        Allocation {
+            size: bytes,
+            block,
+            device: pool_device,
+            ctx,
+            charged: 0,
+            kind: AllocKind::Pool(pool),
+        },
     );
     let _ = device;
     Ok(addr)
@@ -636,11 +772,15 @@ pub(crate) fn free_async(ptr: u64, stream: Handle, per_thread: bool) -> CuResult
 /// Give back freed pool blocks until the pool holds at most `keep` bytes.
 fn trim_pool(drv: &Driver, state: &mut State, pool: Handle, keep: u64) {
     loop {
-        let Some(p) = state.pools.get_mut(pool) else { return };
+        let Some(p) = state.pools.get_mut(pool) else {
+            return;
+        };
         if p.reserved <= keep {
             return;
         }
-        let Some((addr, block)) = p.free_blocks.pop() else { return };
+        let Some((addr, block)) = p.free_blocks.pop() else {
+            return;
+        };
         p.reserved -= block;
         let device = p.device;
         state.mem.uncarve(addr, block);
@@ -650,7 +790,9 @@ fn trim_pool(drv: &Driver, state: &mut State, pool: Handle, keep: u64) {
 
 /// At a synchronisation, pools above their release threshold give freed memory back.
 pub(crate) fn trim_pools_after_sync(drv: &Driver, state: &mut State, device: Option<u32>) {
-    let pools = state.pools.handles_where(|p| device.is_none_or(|d| d == p.device) && p.reserved > p.release_threshold);
+    let pools = state.pools.handles_where(|p| {
+        device.is_none_or(|d| d == p.device) && p.reserved > p.release_threshold
+    });
     for pool in pools {
         let keep = state.pools.get(pool).map_or(0, |p| p.release_threshold);
         trim_pool(drv, state, pool, keep);
@@ -673,7 +815,9 @@ pub(crate) fn pool_create(props: vgpu_abi::cuda::CUmemPoolProps) -> CuResult<Han
     if props.allocType.0 != 1 || props.location.type_.0 != 1 {
         return Err(E::CUDA_ERROR_INVALID_VALUE);
     }
-    let device = drv.device(props.location.id).map_err(|_| E::CUDA_ERROR_INVALID_VALUE)?;
+    let device = drv
+        .device(props.location.id)
+        .map_err(|_| E::CUDA_ERROR_INVALID_VALUE)?;
     let index = device.spec.index;
     Ok(drv.lock().pools.insert(Pool::new(index, false)))
 }
@@ -686,7 +830,9 @@ pub(crate) fn pool_destroy(pool: Handle) -> CuResult {
         _ => return Err(E::CUDA_ERROR_INVALID_VALUE),
     }
     trim_pool(drv, &mut state, pool, 0);
-    let Some(p) = state.pools.remove(pool) else { return Ok(()) };
+    let Some(p) = state.pools.remove(pool) else {
+        return Ok(());
+    };
     // Blocks still in use become plain allocations that carry their own charge.
     for a in state.mem.allocations.values_mut() {
         if a.kind == AllocKind::Pool(pool) {
@@ -746,10 +892,18 @@ pub(crate) fn pool_attribute(pool: Handle, attr: u32) -> CuResult<PoolValue> {
 }
 
 /// Set a pool attribute; `read` fetches the caller's value with the attribute's C type.
-pub(crate) fn set_pool_attribute(pool: Handle, attr: u32, int_value: impl FnOnce() -> CuResult<i32>, u64_value: impl FnOnce() -> CuResult<u64>) -> CuResult {
+pub(crate) fn set_pool_attribute(
+    pool: Handle,
+    attr: u32,
+    int_value: impl FnOnce() -> CuResult<i32>,
+    u64_value: impl FnOnce() -> CuResult<u64>,
+) -> CuResult {
     let drv = driver()?;
     let mut state = drv.lock();
-    let p = state.pools.get_mut(pool).ok_or(E::CUDA_ERROR_INVALID_VALUE)?;
+    let p = state
+        .pools
+        .get_mut(pool)
+        .ok_or(E::CUDA_ERROR_INVALID_VALUE)?;
     match attr {
         1..=3 => p.reuse[attr as usize - 1] = int_value()?,
         4 => p.release_threshold = u64_value()?,
@@ -801,10 +955,23 @@ pub(crate) fn array_bytes(shape: &ArrayShape) -> CuResult<u64> {
     let mut total: u64 = 0;
     for level in 0..shape.levels.min(32) {
         let w = (shape.width >> level).max(1);
-        let h = if shape.height == 0 { 1 } else { (shape.height >> level).max(1) };
-        let d = if shape.depth == 0 { 1 } else { (shape.depth >> level).max(1) };
-        let level_bytes = w.checked_mul(h).and_then(|x| x.checked_mul(d)).and_then(|x| x.checked_mul(texel));
-        total = total.checked_add(level_bytes.ok_or(E::CUDA_ERROR_INVALID_VALUE)?).ok_or(E::CUDA_ERROR_INVALID_VALUE)?;
+        let h = if shape.height == 0 {
+            1
+        } else {
+            (shape.height >> level).max(1)
+        };
+        let d = if shape.depth == 0 {
+            1
+        } else {
+            (shape.depth >> level).max(1)
+        };
+        let level_bytes = w
+            .checked_mul(h)
+            .and_then(|x| x.checked_mul(d))
+            .and_then(|x| x.checked_mul(texel));
+        total = total
+            .checked_add(level_bytes.ok_or(E::CUDA_ERROR_INVALID_VALUE)?)
+            .ok_or(E::CUDA_ERROR_INVALID_VALUE)?;
     }
     Ok(align_up(total, 512))
 }
@@ -816,14 +983,26 @@ pub(crate) fn array_create(shape: ArrayShape, mipmapped: bool) -> CuResult<Handl
     let (ctx, c) = state.current()?;
     let device = c.device;
     drv.charge_allocation(device, bytes)?;
-    let object = ArrayObject { ctx, device, charged: bytes };
-    Ok(if mipmapped { state.mipmaps.insert(object) } else { state.arrays.insert(object) })
+    let object = ArrayObject {
+        ctx,
+        device,
+        charged: bytes,
+    };
+    Ok(if mipmapped {
+        state.mipmaps.insert(object)
+    } else {
+        state.arrays.insert(object)
+    })
 }
 
 pub(crate) fn array_destroy(handle: Handle, mipmapped: bool) -> CuResult {
     let drv = driver()?;
     let mut state = drv.lock();
-    let table = if mipmapped { &mut state.mipmaps } else { &mut state.arrays };
+    let table = if mipmapped {
+        &mut state.mipmaps
+    } else {
+        &mut state.arrays
+    };
     let a = table.remove(handle).ok_or(E::CUDA_ERROR_INVALID_HANDLE)?;
     drv.uncharge(a.device, a.charged);
     Ok(())
@@ -850,16 +1029,40 @@ pub(crate) fn pointer_info(ptr: u64) -> CuResult<Option<PointerInfo>> {
             _ => 0,
         };
         let managed = a.kind == AllocKind::Managed;
-        return Ok(Some(PointerInfo { ctx: a.ctx, device: a.device, host: false, managed, base, size: a.size, pool }));
+        return Ok(Some(PointerInfo {
+            ctx: a.ctx,
+            device: a.device,
+            host: false,
+            managed,
+            base,
+            size: a.size,
+            pool,
+        }));
     }
     if let Some((base, h)) = state.mem.host_at(ptr) {
         let device = state.contexts.get(h.ctx).map_or(0, |c| c.device);
-        return Ok(Some(PointerInfo { ctx: h.ctx, device, host: true, managed: false, base, size: h.size, pool: 0 }));
+        return Ok(Some(PointerInfo {
+            ctx: h.ctx,
+            device,
+            host: true,
+            managed: false,
+            base,
+            size: h.size,
+            pool: 0,
+        }));
     }
     if let Some((&base, m)) = state.mem.mappings.range(..=ptr).next_back() {
         if ptr < base + m.size {
             let device = state.physical.get(m.handle).map_or(0, |p| p.device);
-            return Ok(Some(PointerInfo { ctx: 0, device, host: false, managed: false, base, size: m.size, pool: 0 }));
+            return Ok(Some(PointerInfo {
+                ctx: 0,
+                device,
+                host: false,
+                managed: false,
+                base,
+                size: m.size,
+                pool: 0,
+            }));
         }
     }
     Ok(None)

@@ -62,7 +62,11 @@ pub(crate) fn read_image_file(path: *const std::os::raw::c_char) -> CuResult<Mod
 
 /// Load `spec` into `ctx`: its globals are allocated (zeroed) on the context's device.
 fn load_into(drv: &Driver, state: &mut State, ctx: Handle, spec: ModuleSpec) -> CuResult<Handle> {
-    let device = state.contexts.get(ctx).map(|c| c.device).ok_or(E::CUDA_ERROR_INVALID_CONTEXT)?;
+    let device = state
+        .contexts
+        .get(ctx)
+        .map(|c| c.device)
+        .ok_or(E::CUDA_ERROR_INVALID_CONTEXT)?;
     let mut globals = Vec::new();
     for g in &spec.globals {
         match memory::alloc_in(drv, state, ctx, device, g.bytes, AllocKind::Global, false) {
@@ -76,7 +80,12 @@ fn load_into(drv: &Driver, state: &mut State, ctx: Handle, spec: ModuleSpec) -> 
             }
         }
     }
-    Ok(state.modules.insert(Module { ctx, spec, functions: Vec::new(), globals }))
+    Ok(state.modules.insert(Module {
+        ctx,
+        spec,
+        functions: Vec::new(),
+        globals,
+    }))
 }
 
 fn free_globals(drv: &Driver, state: &mut State, globals: &[(String, u64, u64)]) {
@@ -96,7 +105,9 @@ pub(crate) fn load(spec: ModuleSpec) -> CuResult<Handle> {
 }
 
 fn remove_module(drv: &Driver, state: &mut State, module: Handle) {
-    let Some(m) = state.modules.remove(module) else { return };
+    let Some(m) = state.modules.remove(module) else {
+        return;
+    };
     free_globals(drv, state, &m.globals);
     for (_, f) in &m.functions {
         state.functions.remove(*f);
@@ -127,7 +138,10 @@ pub(crate) fn unload_context_modules(drv: &Driver, state: &mut State, ctx: Handl
 }
 
 fn function_in(state: &mut State, module: Handle, name: &str) -> CuResult<Handle> {
-    let m = state.modules.get(module).ok_or(E::CUDA_ERROR_INVALID_HANDLE)?;
+    let m = state
+        .modules
+        .get(module)
+        .ok_or(E::CUDA_ERROR_INVALID_HANDLE)?;
     if let Some((_, f)) = m.functions.iter().find(|(n, _)| n == name) {
         return Ok(*f);
     }
@@ -152,33 +166,58 @@ pub(crate) fn get_function(module: Handle, name: *const std::os::raw::c_char) ->
     if !state.modules.contains(module) {
         return Err(E::CUDA_ERROR_INVALID_HANDLE);
     }
-    let name = sys::cstr(name)?.to_str().map_err(|_| E::CUDA_ERROR_NOT_FOUND)?;
+    let name = sys::cstr(name)?
+        .to_str()
+        .map_err(|_| E::CUDA_ERROR_NOT_FOUND)?;
     function_in(&mut state, module, name)
 }
 
-pub(crate) fn get_global(module: Handle, name: *const std::os::raw::c_char) -> CuResult<(u64, u64)> {
+pub(crate) fn get_global(
+    module: Handle,
+    name: *const std::os::raw::c_char,
+) -> CuResult<(u64, u64)> {
     let state = driver()?.lock();
-    let m = state.modules.get(module).ok_or(E::CUDA_ERROR_INVALID_HANDLE)?;
-    let name = sys::cstr(name)?.to_str().map_err(|_| E::CUDA_ERROR_NOT_FOUND)?;
-    m.globals.iter().find(|(n, _, _)| n == name).map(|(_, a, s)| (*a, *s)).ok_or(E::CUDA_ERROR_NOT_FOUND)
+    let m = state
+        .modules
+        .get(module)
+        .ok_or(E::CUDA_ERROR_INVALID_HANDLE)?;
+    let name = sys::cstr(name)?
+        .to_str()
+        .map_err(|_| E::CUDA_ERROR_NOT_FOUND)?;
+    m.globals
+        .iter()
+        .find(|(n, _, _)| n == name)
+        .map(|(_, a, s)| (*a, *s))
+        .ok_or(E::CUDA_ERROR_NOT_FOUND)
 }
 
 pub(crate) fn function_module(func: Handle) -> CuResult<Handle> {
     let state = driver()?.lock();
-    state.functions.get(func).map(|f| f.module).ok_or(E::CUDA_ERROR_INVALID_HANDLE)
+    state
+        .functions
+        .get(func)
+        .map(|f| f.module)
+        .ok_or(E::CUDA_ERROR_INVALID_HANDLE)
 }
 
 // ---- libraries (CUDA 12 context-independent loading) ------------------------------------------------
 
 pub(crate) fn library_load(spec: ModuleSpec) -> CuResult<Handle> {
     let mut state = driver()?.lock();
-    Ok(state.libraries.insert(Library { spec, modules: Vec::new(), kernels: Vec::new() }))
+    Ok(state.libraries.insert(Library {
+        spec,
+        modules: Vec::new(),
+        kernels: Vec::new(),
+    }))
 }
 
 pub(crate) fn library_unload(library: Handle) -> CuResult {
     let drv = driver()?;
     let mut state = drv.lock();
-    let lib = state.libraries.remove(library).ok_or(E::CUDA_ERROR_INVALID_HANDLE)?;
+    let lib = state
+        .libraries
+        .remove(library)
+        .ok_or(E::CUDA_ERROR_INVALID_HANDLE)?;
     for (_, m) in lib.modules {
         remove_module(drv, &mut state, m);
     }
@@ -188,15 +227,26 @@ pub(crate) fn library_unload(library: Handle) -> CuResult {
     Ok(())
 }
 
-pub(crate) fn library_kernel(library: Handle, name: *const std::os::raw::c_char) -> CuResult<Handle> {
+pub(crate) fn library_kernel(
+    library: Handle,
+    name: *const std::os::raw::c_char,
+) -> CuResult<Handle> {
     let mut state = driver()?.lock();
-    let lib = state.libraries.get(library).ok_or(E::CUDA_ERROR_INVALID_HANDLE)?;
-    let name = sys::cstr(name)?.to_str().map_err(|_| E::CUDA_ERROR_NOT_FOUND)?;
+    let lib = state
+        .libraries
+        .get(library)
+        .ok_or(E::CUDA_ERROR_INVALID_HANDLE)?;
+    let name = sys::cstr(name)?
+        .to_str()
+        .map_err(|_| E::CUDA_ERROR_NOT_FOUND)?;
     if let Some((_, k)) = lib.kernels.iter().find(|(n, _)| n == name) {
         return Ok(*k);
     }
     lib.spec.function(name).ok_or(E::CUDA_ERROR_NOT_FOUND)?;
-    let k = state.kernels.insert(LibraryKernel { library, name: name.to_string() });
+    let k = state.kernels.insert(LibraryKernel {
+        library,
+        name: name.to_string(),
+    });
     if let Some(lib) = state.libraries.get_mut(library) {
         lib.kernels.push((name.to_string(), k));
     }
@@ -206,7 +256,10 @@ pub(crate) fn library_kernel(library: Handle, name: *const std::os::raw::c_char)
 /// The library's module in the current context, loaded on first use.
 fn library_module(drv: &Driver, state: &mut State, library: Handle) -> CuResult<Handle> {
     let (ctx, _) = state.current()?;
-    let lib = state.libraries.get(library).ok_or(E::CUDA_ERROR_INVALID_HANDLE)?;
+    let lib = state
+        .libraries
+        .get(library)
+        .ok_or(E::CUDA_ERROR_INVALID_HANDLE)?;
     if let Some((_, m)) = lib.modules.iter().find(|(c, _)| *c == ctx) {
         return Ok(*m);
     }
@@ -226,7 +279,10 @@ pub(crate) fn library_module_handle(library: Handle) -> CuResult<Handle> {
 
 /// The function a `CUkernel` stands for in the current context.
 pub(crate) fn kernel_function(drv: &Driver, state: &mut State, kernel: Handle) -> CuResult<Handle> {
-    let k = state.kernels.get(kernel).ok_or(E::CUDA_ERROR_INVALID_HANDLE)?;
+    let k = state
+        .kernels
+        .get(kernel)
+        .ok_or(E::CUDA_ERROR_INVALID_HANDLE)?;
     let (library, name) = (k.library, k.name.clone());
     let m = library_module(drv, state, library)?;
     function_in(state, m, &name)
@@ -256,19 +312,22 @@ pub(crate) fn attribute(func: Handle, attr: u32) -> CuResult<i32> {
     let drv = driver()?;
     let mut state = drv.lock();
     let func = resolve_function(drv, &mut state, func)?;
-    let f = state.functions.get(func).ok_or(E::CUDA_ERROR_INVALID_HANDLE)?;
+    let f = state
+        .functions
+        .get(func)
+        .ok_or(E::CUDA_ERROR_INVALID_HANDLE)?;
     let device = state.contexts.get(f.ctx).map_or(0, |c| c.device);
     let spec = &drv.devices[device as usize].spec;
     let arch = (spec.cc_major * 10 + spec.cc_minor) as i32;
     Ok(match attr {
-        0 => 1024,                // MAX_THREADS_PER_BLOCK
-        1..=3 => 0,               // SHARED/CONST/LOCAL_SIZE_BYTES
-        4 => 32,                  // NUM_REGS
-        5 | 6 => arch,            // PTX_VERSION, BINARY_VERSION
-        7 => 0,                   // CACHE_MODE_CA
+        0 => 1024,                 // MAX_THREADS_PER_BLOCK
+        1..=3 => 0,                // SHARED/CONST/LOCAL_SIZE_BYTES
+        4 => 32,                   // NUM_REGS
+        5 | 6 => arch,             // PTX_VERSION, BINARY_VERSION
+        7 => 0,                    // CACHE_MODE_CA
         8 => f.max_dynamic_shared, // MAX_DYNAMIC_SHARED_SIZE_BYTES
-        9 => f.carveout,          // PREFERRED_SHARED_MEMORY_CARVEOUT
-        10..=15 => 0,             // cluster attributes
+        9 => f.carveout,           // PREFERRED_SHARED_MEMORY_CARVEOUT
+        10..=15 => 0,              // cluster attributes
         _ => return Err(E::CUDA_ERROR_INVALID_VALUE),
     })
 }
@@ -277,9 +336,16 @@ pub(crate) fn set_attribute(func: Handle, attr: u32, value: i32) -> CuResult {
     let drv = driver()?;
     let mut state = drv.lock();
     let func = resolve_function(drv, &mut state, func)?;
-    let device = state.functions.get(func).and_then(|f| state.contexts.get(f.ctx)).map_or(0, |c| c.device);
+    let device = state
+        .functions
+        .get(func)
+        .and_then(|f| state.contexts.get(f.ctx))
+        .map_or(0, |c| c.device);
     let optin = crate::device::shared_memory_optin(&drv.devices[device as usize].spec);
-    let f = state.functions.get_mut(func).ok_or(E::CUDA_ERROR_INVALID_HANDLE)?;
+    let f = state
+        .functions
+        .get_mut(func)
+        .ok_or(E::CUDA_ERROR_INVALID_HANDLE)?;
     match attr {
         8 if (0..=optin).contains(&value) => f.max_dynamic_shared = value,
         9 if (-1..=100).contains(&value) => f.carveout = value,

@@ -21,7 +21,10 @@ use crate::sys::{self, Out};
 fn sorted_exports() -> &'static [(&'static str, usize)] {
     static SORTED: OnceLock<Vec<(&'static str, usize)>> = OnceLock::new();
     SORTED.get_or_init(|| {
-        let mut v: Vec<(&'static str, usize)> = EXPORTS.iter().map(|e| (e.name, e.address as usize)).collect();
+        let mut v: Vec<(&'static str, usize)> = EXPORTS
+            .iter()
+            .map(|e| (e.name, e.address as usize))
+            .collect();
         v.sort_unstable_by_key(|e| e.0);
         v
     })
@@ -30,19 +33,35 @@ fn sorted_exports() -> &'static [(&'static str, usize)] {
 /// The address of our export `symbol`, if we implement it.
 pub(crate) fn export(symbol: &str) -> Option<*mut c_void> {
     let table = sorted_exports();
-    table.binary_search_by_key(&symbol, |e| e.0).ok().map(|i| table[i].1 as *mut c_void)
+    table
+        .binary_search_by_key(&symbol, |e| e.0)
+        .ok()
+        .map(|i| table[i].1 as *mut c_void)
 }
 
 /// What `cuGetProcAddress` answers, without the out-pointer plumbing.
-pub(crate) fn resolve(symbol: &str, version: i32, flags: u64) -> Result<*mut c_void, (E, CUdriverProcAddressQueryResult)> {
+pub(crate) fn resolve(
+    symbol: &str,
+    version: i32,
+    flags: u64,
+) -> Result<*mut c_void, (E, CUdriverProcAddressQueryResult)> {
     use CUdriverProcAddressQueryResult as Q;
     match proc_table::resolve(symbol, version, flags) {
         Lookup::Found(name) => match export(name) {
             Some(p) => Ok(p),
-            None => Err((E::CUDA_ERROR_NOT_FOUND, Q::CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND)),
+            None => Err((
+                E::CUDA_ERROR_NOT_FOUND,
+                Q::CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND,
+            )),
         },
-        Lookup::VersionNotSufficient => Err((E::CUDA_ERROR_NOT_FOUND, Q::CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT)),
-        Lookup::NotFound => Err((E::CUDA_ERROR_NOT_FOUND, Q::CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND)),
+        Lookup::VersionNotSufficient => Err((
+            E::CUDA_ERROR_NOT_FOUND,
+            Q::CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT,
+        )),
+        Lookup::NotFound => Err((
+            E::CUDA_ERROR_NOT_FOUND,
+            Q::CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND,
+        )),
     }
 }
 
@@ -61,12 +80,17 @@ pub(crate) fn get_proc_address(
     // The requested version may not exceed the driver's (NVIDIA driver API reference, "Driver Entry
     // Point Access"); flags are DEFAULT (0), LEGACY_STREAM (1) or PER_THREAD_DEFAULT_STREAM (2).
     let driver_version = driver::machine()?.driver_version();
-    if version > driver_version || flags & !(FLAG_LEGACY_STREAM | FLAG_PER_THREAD_DEFAULT_STREAM) != 0 {
+    if version > driver_version
+        || flags & !(FLAG_LEGACY_STREAM | FLAG_PER_THREAD_DEFAULT_STREAM) != 0
+    {
         return Err(E::CUDA_ERROR_INVALID_VALUE);
     }
     let found = match symbol.to_str() {
         Ok(name) => resolve(name, version, flags),
-        Err(_) => Err((E::CUDA_ERROR_NOT_FOUND, CUdriverProcAddressQueryResult::CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND)),
+        Err(_) => Err((
+            E::CUDA_ERROR_NOT_FOUND,
+            CUdriverProcAddressQueryResult::CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND,
+        )),
     };
     match found {
         Ok(p) => {
@@ -87,7 +111,10 @@ pub(crate) fn get_proc_address(
 }
 
 /// `cuGetExportTable`: the driver's private tables (used by libcudart) cannot be simulated.
-pub(crate) fn get_export_table(table: *mut *const c_void, id: *const vgpu_abi::cuda::CUuuid) -> CuResult {
+pub(crate) fn get_export_table(
+    table: *mut *const c_void,
+    id: *const vgpu_abi::cuda::CUuuid,
+) -> CuResult {
     let table = Out::new(table)?;
     if id.is_null() {
         return Err(E::CUDA_ERROR_INVALID_VALUE);

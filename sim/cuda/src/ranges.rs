@@ -21,7 +21,13 @@ pub(crate) fn align_up(value: u64, align: u64) -> u64 {
 
 impl RangeAllocator {
     pub(crate) fn new(base: u64, len: u64) -> RangeAllocator {
-        RangeAllocator { base, len, top: 0, free_by_addr: BTreeMap::new(), free_by_size: BTreeSet::new() }
+        RangeAllocator {
+            base,
+            len,
+            top: 0,
+            free_by_addr: BTreeMap::new(),
+            free_by_size: BTreeSet::new(),
+        }
     }
 
     pub(crate) fn contains(&self, addr: u64) -> bool {

@@ -63,9 +63,23 @@ pub(crate) struct Event {
     pub capture: Option<u64>,
 }
 
-pub(crate) fn make_stream(state: &mut State, ctx: Handle, kind: StreamKind, flags: u32, priority: i32) -> Handle {
+pub(crate) fn make_stream(
+    state: &mut State,
+    ctx: Handle,
+    kind: StreamKind,
+    flags: u32,
+    priority: i32,
+) -> Handle {
     let id = state.next_id();
-    state.streams.insert(Stream { ctx, kind, flags, priority, tail_ns: 0, id, capture: None })
+    state.streams.insert(Stream {
+        ctx,
+        kind,
+        flags,
+        priority,
+        tail_ns: 0,
+        id,
+        capture: None,
+    })
 }
 
 thread_local! {
@@ -74,7 +88,10 @@ thread_local! {
 }
 
 fn per_thread_stream(state: &mut State, ctx: Handle) -> Handle {
-    let known = PER_THREAD.try_with(|m| m.borrow().iter().find(|(c, _)| *c == ctx).map(|(_, s)| *s)).ok().flatten();
+    let known = PER_THREAD
+        .try_with(|m| m.borrow().iter().find(|(c, _)| *c == ctx).map(|(_, s)| *s))
+        .ok()
+        .flatten();
     if let Some(s) = known.filter(|s| state.streams.get(*s).is_some_and(|st| st.ctx == ctx)) {
         return s;
     }
@@ -89,7 +106,11 @@ fn per_thread_stream(state: &mut State, ctx: Handle) -> Handle {
 
 /// The stream a `CUstream` argument names. NULL is the legacy stream, or the per-thread stream for
 /// the `_ptsz`/`_ptds` entry points (`per_thread_default`).
-pub(crate) fn resolve(state: &mut State, stream: Handle, per_thread_default: bool) -> CuResult<Handle> {
+pub(crate) fn resolve(
+    state: &mut State,
+    stream: Handle,
+    per_thread_default: bool,
+) -> CuResult<Handle> {
     let special = match stream {
         0 if per_thread_default => STREAM_PER_THREAD,
         0 => STREAM_LEGACY,
@@ -115,8 +136,12 @@ pub(crate) fn resolve(state: &mut State, stream: Handle, per_thread_default: boo
 
 /// When everything `stream` must wait for has finished (simulated ns).
 pub(crate) fn ready_at(state: &State, stream: Handle) -> u64 {
-    let Some(s) = state.streams.get(stream) else { return 0 };
-    let Some(ctx) = state.contexts.get(s.ctx) else { return s.tail_ns };
+    let Some(s) = state.streams.get(stream) else {
+        return 0;
+    };
+    let Some(ctx) = state.contexts.get(s.ctx) else {
+        return s.tail_ns;
+    };
     match s.kind {
         StreamKind::Legacy => s.tail_ns.max(ctx.blocking_tail_ns),
         _ if s.blocking() => {
@@ -129,7 +154,9 @@ pub(crate) fn ready_at(state: &State, stream: Handle) -> u64 {
 
 /// Note that work on `stream` ends at `end_ns`.
 pub(crate) fn enqueue(state: &mut State, stream: Handle, end_ns: u64) {
-    let Some(s) = state.streams.get_mut(stream) else { return };
+    let Some(s) = state.streams.get_mut(stream) else {
+        return;
+    };
     s.tail_ns = s.tail_ns.max(end_ns);
     let (ctx, blocking) = (s.ctx, s.blocking());
     if blocking {
@@ -141,13 +168,25 @@ pub(crate) fn enqueue(state: &mut State, stream: Handle, end_ns: u64) {
 
 /// The device a stream's work runs on.
 pub(crate) fn device_of(state: &State, stream: Handle) -> CuResult<u32> {
-    let s = state.streams.get(stream).ok_or(E::CUDA_ERROR_INVALID_HANDLE)?;
-    state.contexts.get(s.ctx).map(|c| c.device).ok_or(E::CUDA_ERROR_INVALID_CONTEXT)
+    let s = state
+        .streams
+        .get(stream)
+        .ok_or(E::CUDA_ERROR_INVALID_HANDLE)?;
+    state
+        .contexts
+        .get(s.ctx)
+        .map(|c| c.device)
+        .ok_or(E::CUDA_ERROR_INVALID_CONTEXT)
 }
 
 /// Queue `duration_ns` of device time on `stream`: after the stream is ready and after the device's
 /// shared timeline. Returns the simulated (start, end).
-pub(crate) fn schedule(drv: &Driver, state: &mut State, stream: Handle, duration_ns: u64) -> CuResult<(u64, u64)> {
+pub(crate) fn schedule(
+    drv: &Driver,
+    state: &mut State,
+    stream: Handle,
+    duration_ns: u64,
+) -> CuResult<(u64, u64)> {
     let device = device_of(state, stream)?;
     if drv.device_lost(device) {
         return Err(E::CUDA_ERROR_LAUNCH_FAILED);
@@ -160,7 +199,13 @@ pub(crate) fn schedule(drv: &Driver, state: &mut State, stream: Handle, duration
 
 /// When all work on `ctx`'s streams ends.
 pub(crate) fn context_idle_at(state: &State, ctx: Handle) -> u64 {
-    state.streams.iter().filter(|(_, s)| s.ctx == ctx).map(|(_, s)| s.tail_ns).max().unwrap_or(0)
+    state
+        .streams
+        .iter()
+        .filter(|(_, s)| s.ctx == ctx)
+        .map(|(_, s)| s.tail_ns)
+        .max()
+        .unwrap_or(0)
 }
 
 pub(crate) fn remove_context_streams(state: &mut State, ctx: Handle) {
@@ -182,7 +227,13 @@ pub(crate) fn create(flags: u32, priority: i32) -> CuResult<Handle> {
     let (ctx, _) = state.current()?;
     // Out-of-range priorities are clamped, as the driver does.
     let priority = priority.clamp(GREATEST_PRIORITY, LEAST_PRIORITY);
-    Ok(make_stream(&mut state, ctx, StreamKind::Created, flags, priority))
+    Ok(make_stream(
+        &mut state,
+        ctx,
+        StreamKind::Created,
+        flags,
+        priority,
+    ))
 }
 
 pub(crate) fn destroy(stream: Handle) -> CuResult {
@@ -226,13 +277,21 @@ pub(crate) fn query(stream: Handle, per_thread_default: bool) -> CuResult {
     }
 }
 
-pub(crate) fn wait_event(stream: Handle, event: Handle, flags: u32, per_thread_default: bool) -> CuResult {
+pub(crate) fn wait_event(
+    stream: Handle,
+    event: Handle,
+    flags: u32,
+    per_thread_default: bool,
+) -> CuResult {
     if flags > 1 {
         return Err(E::CUDA_ERROR_INVALID_VALUE);
     }
     let mut state = driver()?.lock();
     let s = resolve(&mut state, stream, per_thread_default)?;
-    let e = state.events.get(event).ok_or(E::CUDA_ERROR_INVALID_HANDLE)?;
+    let e = state
+        .events
+        .get(event)
+        .ok_or(E::CUDA_ERROR_INVALID_HANDLE)?;
     let (time, capture) = (e.time_ns, e.capture);
     if let Some(capture) = capture {
         // Waiting on an event recorded during capture joins this stream to that capture.
@@ -257,10 +316,18 @@ pub(crate) fn context_of(stream: Handle, per_thread_default: bool) -> CuResult<H
     Ok(state.streams.get(s).map_or(0, |s| s.ctx))
 }
 
-fn with_stream<T>(stream: Handle, per_thread_default: bool, f: impl FnOnce(&Stream) -> T) -> CuResult<T> {
+fn with_stream<T>(
+    stream: Handle,
+    per_thread_default: bool,
+    f: impl FnOnce(&Stream) -> T,
+) -> CuResult<T> {
     let mut state = driver()?.lock();
     let s = resolve(&mut state, stream, per_thread_default)?;
-    state.streams.get(s).map(f).ok_or(E::CUDA_ERROR_INVALID_HANDLE)
+    state
+        .streams
+        .get(s)
+        .map(f)
+        .ok_or(E::CUDA_ERROR_INVALID_HANDLE)
 }
 
 pub(crate) fn flags(stream: Handle, per_thread_default: bool) -> CuResult<u32> {
@@ -287,21 +354,39 @@ pub(crate) fn event_create(flags: u32) -> CuResult<Handle> {
     }
     let mut state = driver()?.lock();
     let (ctx, _) = state.current()?;
-    Ok(state.events.insert(Event { ctx, flags, time_ns: None, capture: None }))
+    Ok(state.events.insert(Event {
+        ctx,
+        flags,
+        time_ns: None,
+        capture: None,
+    }))
 }
 
 pub(crate) fn event_destroy(event: Handle) -> CuResult {
     let mut state = driver()?.lock();
-    state.events.remove(event).map(|_| ()).ok_or(E::CUDA_ERROR_INVALID_HANDLE)
+    state
+        .events
+        .remove(event)
+        .map(|_| ())
+        .ok_or(E::CUDA_ERROR_INVALID_HANDLE)
 }
 
-pub(crate) fn event_record(event: Handle, stream: Handle, flags: u32, per_thread_default: bool) -> CuResult {
+pub(crate) fn event_record(
+    event: Handle,
+    stream: Handle,
+    flags: u32,
+    per_thread_default: bool,
+) -> CuResult {
     if flags > 1 {
         return Err(E::CUDA_ERROR_INVALID_VALUE);
     }
     let drv = driver()?;
     let mut state = drv.lock();
-    let event_ctx = state.events.get(event).map(|e| e.ctx).ok_or(E::CUDA_ERROR_INVALID_HANDLE)?;
+    let event_ctx = state
+        .events
+        .get(event)
+        .map(|e| e.ctx)
+        .ok_or(E::CUDA_ERROR_INVALID_HANDLE)?;
     let s = resolve(&mut state, stream, per_thread_default)?;
     if state.streams.get(s).map(|s| s.ctx) != Some(event_ctx) {
         return Err(E::CUDA_ERROR_INVALID_HANDLE);
@@ -320,7 +405,10 @@ pub(crate) fn event_record(event: Handle, stream: Handle, flags: u32, per_thread
 
 /// The time an event stands for: `Ok(None)` if never recorded.
 fn event_time(state: &State, event: Handle) -> CuResult<Option<u64>> {
-    let e = state.events.get(event).ok_or(E::CUDA_ERROR_INVALID_HANDLE)?;
+    let e = state
+        .events
+        .get(event)
+        .ok_or(E::CUDA_ERROR_INVALID_HANDLE)?;
     if e.capture.is_some() {
         return Err(E::CUDA_ERROR_CAPTURED_EVENT);
     }
@@ -341,7 +429,11 @@ pub(crate) fn event_synchronize(event: Handle) -> CuResult {
     let time = {
         let mut state = drv.lock();
         let time = event_time(&state, event)?;
-        let device = state.events.get(event).and_then(|e| state.contexts.get(e.ctx)).map(|c| c.device);
+        let device = state
+            .events
+            .get(event)
+            .and_then(|e| state.contexts.get(e.ctx))
+            .map(|c| c.device);
         memory::trim_pools_after_sync(drv, &mut state, device);
         time
     };

@@ -62,7 +62,9 @@ pub(crate) fn read_array<T: Copy>(ptr: *const T, count: usize) -> CuResult<Vec<T
         return Err(E::CUDA_ERROR_INVALID_VALUE);
     }
     // SAFETY: non-NULL, and the API contract says it points to `count` readable Ts.
-    Ok((0..count).map(|i| unsafe { ptr.add(i).read_unaligned() }).collect())
+    Ok((0..count)
+        .map(|i| unsafe { ptr.add(i).read_unaligned() })
+        .collect())
 }
 
 /// A NUL-terminated C string in-parameter.
@@ -168,7 +170,16 @@ pub(crate) fn reserve_rw(len: u64, low: bool) -> Option<u64> {
         return None;
     }
     // SAFETY: an anonymous mapping at an address of the kernel's choosing touches nothing of ours.
-    let p = unsafe { libc::mmap(std::ptr::null_mut(), len as usize, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0) };
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            -1,
+            0,
+        )
+    };
     (p != libc::MAP_FAILED).then_some(p as u64)
 }
 
@@ -178,7 +189,16 @@ pub(crate) fn reserve_none(len: u64, align: u64) -> Option<u64> {
     let total = len.checked_add(align)?;
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
     // SAFETY: a fresh PROT_NONE anonymous mapping at an address of the kernel's choosing.
-    let p = unsafe { libc::mmap(std::ptr::null_mut(), total as usize, libc::PROT_NONE, flags, -1, 0) };
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            total as usize,
+            libc::PROT_NONE,
+            flags,
+            -1,
+            0,
+        )
+    };
     if p == libc::MAP_FAILED {
         return None;
     }
@@ -192,7 +212,12 @@ pub(crate) fn reserve_none(len: u64, align: u64) -> Option<u64> {
     let end = start + total;
     if end > aligned + len {
         // SAFETY: as above, the tail of our own fresh mapping.
-        unsafe { libc::munmap((aligned + len) as *mut c_void, (end - aligned - len) as usize) };
+        unsafe {
+            libc::munmap(
+                (aligned + len) as *mut c_void,
+                (end - aligned - len) as usize,
+            )
+        };
     }
     Some(aligned)
 }
@@ -268,7 +293,16 @@ impl PhysicalFile {
 pub(crate) fn unmap_to_reserved(addr: u64, len: u64) -> bool {
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED;
     // SAFETY: the range lies in an address reservation we own (checked by the caller).
-    let p = unsafe { libc::mmap(addr as *mut c_void, len as usize, libc::PROT_NONE, flags, -1, 0) };
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut c_void,
+            len as usize,
+            libc::PROT_NONE,
+            flags,
+            -1,
+            0,
+        )
+    };
     p != libc::MAP_FAILED
 }
 
@@ -276,7 +310,16 @@ pub(crate) fn unmap_to_reserved(addr: u64, len: u64) -> bool {
 pub(crate) fn host_alloc(len: u64) -> Option<u64> {
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
     // SAFETY: a fresh anonymous mapping.
-    let p = unsafe { libc::mmap(std::ptr::null_mut(), len as usize, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0) };
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            -1,
+            0,
+        )
+    };
     (p != libc::MAP_FAILED).then_some(p as u64)
 }
 

@@ -22,7 +22,9 @@ fn check_prop(drv: &Driver, prop: &CUmemAllocationProp) -> CuResult<u32> {
     if prop.type_.0 != 1 || prop.location.type_.0 != 1 {
         return Err(E::CUDA_ERROR_INVALID_VALUE);
     }
-    drv.device(prop.location.id).map_err(|_| E::CUDA_ERROR_INVALID_DEVICE).map(|d| d.spec.index)
+    drv.device(prop.location.id)
+        .map_err(|_| E::CUDA_ERROR_INVALID_DEVICE)
+        .map(|d| d.spec.index)
 }
 
 pub(crate) fn granularity(prop: &CUmemAllocationProp, option: u32) -> CuResult<u64> {
@@ -52,12 +54,22 @@ pub(crate) fn create(size: u64, prop: &CUmemAllocationProp, flags: u64) -> CuRes
         drv.uncharge(device, size);
         return Err(E::CUDA_ERROR_OUT_OF_MEMORY);
     };
-    Ok(state.physical.insert(Physical { device, size, offset, refs: 1, maps: 0, prop: AllocationProp::from_c(prop) }))
+    Ok(state.physical.insert(Physical {
+        device,
+        size,
+        offset,
+        refs: 1,
+        maps: 0,
+        prop: AllocationProp::from_c(prop),
+    }))
 }
 
 /// Drop a physical allocation whose last reference went.
 fn maybe_free(drv: &Driver, state: &mut State, handle: Handle) {
-    let done = state.physical.get(handle).is_some_and(|p| p.refs == 0 && p.maps == 0);
+    let done = state
+        .physical
+        .get(handle)
+        .is_some_and(|p| p.refs == 0 && p.maps == 0);
     if !done {
         return;
     }
@@ -73,7 +85,10 @@ fn maybe_free(drv: &Driver, state: &mut State, handle: Handle) {
 pub(crate) fn release(handle: Handle) -> CuResult {
     let drv = driver()?;
     let mut state = drv.lock();
-    let p = state.physical.get_mut(handle).ok_or(E::CUDA_ERROR_INVALID_VALUE)?;
+    let p = state
+        .physical
+        .get_mut(handle)
+        .ok_or(E::CUDA_ERROR_INVALID_VALUE)?;
     if p.refs == 0 {
         return Err(E::CUDA_ERROR_INVALID_VALUE);
     }
@@ -84,14 +99,23 @@ pub(crate) fn release(handle: Handle) -> CuResult {
 
 pub(crate) fn properties(handle: Handle) -> CuResult<CUmemAllocationProp> {
     let state = driver()?.lock();
-    state.physical.get(handle).map(|p| p.prop.to_c()).ok_or(E::CUDA_ERROR_INVALID_VALUE)
+    state
+        .physical
+        .get(handle)
+        .map(|p| p.prop.to_c())
+        .ok_or(E::CUDA_ERROR_INVALID_VALUE)
 }
 
 /// `cuMemRetainAllocationHandle`: the physical allocation mapped at `addr`, with one more reference.
 pub(crate) fn retain(addr: u64) -> CuResult<Handle> {
     let mut state = driver()?.lock();
-    let handle = mapping_at(&state, addr).map(|(_, m)| m.handle).ok_or(E::CUDA_ERROR_INVALID_VALUE)?;
-    let p = state.physical.get_mut(handle).ok_or(E::CUDA_ERROR_INVALID_VALUE)?;
+    let handle = mapping_at(&state, addr)
+        .map(|(_, m)| m.handle)
+        .ok_or(E::CUDA_ERROR_INVALID_VALUE)?;
+    let p = state
+        .physical
+        .get_mut(handle)
+        .ok_or(E::CUDA_ERROR_INVALID_VALUE)?;
     p.refs += 1;
     Ok(handle)
 }
@@ -106,12 +130,17 @@ pub(crate) fn address_reserve(size: u64, alignment: u64, _hint: u64, flags: u64)
     if flags != 0 || size == 0 || size % GRANULARITY != 0 {
         return Err(E::CUDA_ERROR_INVALID_VALUE);
     }
-    let alignment = if alignment == 0 { GRANULARITY } else { alignment };
+    let alignment = if alignment == 0 {
+        GRANULARITY
+    } else {
+        alignment
+    };
     if !alignment.is_power_of_two() {
         return Err(E::CUDA_ERROR_INVALID_VALUE);
     }
     let mut state = drv.lock();
-    let addr = sys::reserve_none(size, alignment.max(GRANULARITY)).ok_or(E::CUDA_ERROR_OUT_OF_MEMORY)?;
+    let addr =
+        sys::reserve_none(size, alignment.max(GRANULARITY)).ok_or(E::CUDA_ERROR_OUT_OF_MEMORY)?;
     state.mem.reservations.insert(addr, size);
     Ok(addr)
 }
@@ -123,7 +152,12 @@ pub(crate) fn address_free(ptr: u64, size: u64) -> CuResult {
         return Err(E::CUDA_ERROR_INVALID_VALUE);
     }
     // Mappings still inside go with the reservation.
-    let inside: Vec<u64> = state.mem.mappings.range(ptr..ptr + size).map(|(a, _)| *a).collect();
+    let inside: Vec<u64> = state
+        .mem
+        .mappings
+        .range(ptr..ptr + size)
+        .map(|(a, _)| *a)
+        .collect();
     for addr in inside {
         drop_mapping(drv, &mut state, addr);
     }
@@ -134,17 +168,32 @@ pub(crate) fn address_free(ptr: u64, size: u64) -> CuResult {
 
 /// Whether [ptr, ptr + size) lies inside one reservation.
 fn reserved(state: &State, ptr: u64, size: u64) -> bool {
-    state.mem.reservations.range(..=ptr).next_back().is_some_and(|(&base, &len)| ptr + size <= base + len)
+    state
+        .mem
+        .reservations
+        .range(..=ptr)
+        .next_back()
+        .is_some_and(|(&base, &len)| ptr + size <= base + len)
 }
 
 pub(crate) fn map(ptr: u64, size: u64, offset: u64, handle: Handle, flags: u64) -> CuResult {
     let drv = driver()?;
-    if flags != 0 || size == 0 || ptr % GRANULARITY != 0 || size % GRANULARITY != 0 || offset % GRANULARITY != 0 {
+    if flags != 0
+        || size == 0
+        || ptr % GRANULARITY != 0
+        || size % GRANULARITY != 0
+        || offset % GRANULARITY != 0
+    {
         return Err(E::CUDA_ERROR_INVALID_VALUE);
     }
     let mut state = drv.lock();
-    let phys = state.physical.get(handle).ok_or(E::CUDA_ERROR_INVALID_VALUE)?;
-    let end = offset.checked_add(size).ok_or(E::CUDA_ERROR_INVALID_VALUE)?;
+    let phys = state
+        .physical
+        .get(handle)
+        .ok_or(E::CUDA_ERROR_INVALID_VALUE)?;
+    let end = offset
+        .checked_add(size)
+        .ok_or(E::CUDA_ERROR_INVALID_VALUE)?;
     if end > phys.size || phys.refs == 0 {
         return Err(E::CUDA_ERROR_INVALID_VALUE);
     }
@@ -152,11 +201,20 @@ pub(crate) fn map(ptr: u64, size: u64, offset: u64, handle: Handle, flags: u64) 
     if !reserved(&state, ptr, size) {
         return Err(E::CUDA_ERROR_INVALID_VALUE);
     }
-    let overlaps = state.mem.mappings.range(..ptr + size).next_back().is_some_and(|(&b, m)| b + m.size > ptr);
+    let overlaps = state
+        .mem
+        .mappings
+        .range(..ptr + size)
+        .next_back()
+        .is_some_and(|(&b, m)| b + m.size > ptr);
     if overlaps {
         return Err(E::CUDA_ERROR_ALREADY_MAPPED);
     }
-    let mapped = state.mem.physical_file.as_ref().is_some_and(|f| f.map_at(ptr, size, file_offset));
+    let mapped = state
+        .mem
+        .physical_file
+        .as_ref()
+        .is_some_and(|f| f.map_at(ptr, size, file_offset));
     if !mapped {
         return Err(E::CUDA_ERROR_OUT_OF_MEMORY);
     }
@@ -168,7 +226,9 @@ pub(crate) fn map(ptr: u64, size: u64, offset: u64, handle: Handle, flags: u64) 
 }
 
 fn drop_mapping(drv: &Driver, state: &mut State, addr: u64) {
-    let Some(m) = state.mem.mappings.remove(&addr) else { return };
+    let Some(m) = state.mem.mappings.remove(&addr) else {
+        return;
+    };
     sys::unmap_to_reserved(addr, m.size);
     if let Some(p) = state.physical.get_mut(m.handle) {
         p.maps = p.maps.saturating_sub(1);
@@ -181,9 +241,17 @@ pub(crate) fn unmap(ptr: u64, size: u64) -> CuResult {
     let drv = driver()?;
     let mut state = drv.lock();
     let end = ptr.checked_add(size).ok_or(E::CUDA_ERROR_INVALID_VALUE)?;
-    let inside: Vec<(u64, u64)> = state.mem.mappings.range(ptr..end).map(|(a, m)| (*a, m.size)).collect();
+    let inside: Vec<(u64, u64)> = state
+        .mem
+        .mappings
+        .range(ptr..end)
+        .map(|(a, m)| (*a, m.size))
+        .collect();
     let covered: u64 = inside.iter().map(|(_, s)| s).sum();
-    if inside.first().map(|(a, _)| *a) != Some(ptr) || covered != size || inside.iter().any(|(a, s)| a + s > end) {
+    if inside.first().map(|(a, _)| *a) != Some(ptr)
+        || covered != size
+        || inside.iter().any(|(a, s)| a + s > end)
+    {
         return Err(E::CUDA_ERROR_INVALID_VALUE);
     }
     for (addr, _) in inside {
@@ -200,7 +268,10 @@ pub(crate) fn set_access(ptr: u64, size: u64, descriptors: &[CUmemAccessDesc]) -
     }
     for d in descriptors {
         // CU_MEM_LOCATION_TYPE_DEVICE (1) with a valid id; flags NONE (0), READ (1) or READWRITE (3).
-        if d.location.type_.0 != 1 || drv.device(d.location.id).is_err() || !matches!(d.flags.0, 0 | 1 | 3) {
+        if d.location.type_.0 != 1
+            || drv.device(d.location.id).is_err()
+            || !matches!(d.flags.0, 0 | 1 | 3)
+        {
             return Err(E::CUDA_ERROR_INVALID_VALUE);
         }
     }
@@ -215,7 +286,10 @@ pub(crate) fn set_access(ptr: u64, size: u64, descriptors: &[CUmemAccessDesc]) -
 /// `cuMemGetAccess`: read-write (3) for mapped memory.
 pub(crate) fn access(device: i32, ptr: u64) -> CuResult<u64> {
     let drv = driver()?;
-    drv.device(device).map_err(|_| E::CUDA_ERROR_INVALID_VALUE)?;
+    drv.device(device)
+        .map_err(|_| E::CUDA_ERROR_INVALID_VALUE)?;
     let state = drv.lock();
-    mapping_at(&state, ptr).map(|_| 3).ok_or(E::CUDA_ERROR_INVALID_VALUE)
+    mapping_at(&state, ptr)
+        .map(|_| 3)
+        .ok_or(E::CUDA_ERROR_INVALID_VALUE)
 }

@@ -14,7 +14,10 @@ fn error_codes_and_context_stack() {
 #[test]
 fn driver_version_comes_from_the_environment() {
     let m = SimMachine::new("cuda-driver-version");
-    let out = run_probe(m.command(linked_probe("cu_api_errors")).env("SIMGPU_DRIVER_VERSION", "12040"));
+    let out = run_probe(
+        m.command(linked_probe("cu_api_errors"))
+            .env("SIMGPU_DRIVER_VERSION", "12040"),
+    );
     assert_eq!(field(&out, "driver", "version"), "12040");
 }
 
@@ -32,7 +35,11 @@ fn devices_match_the_configured_machine() {
     assert_eq!(field(&out, "dev0", "clock_khz"), "1590000");
     assert_eq!(field(&out, "dev0", "pci"), "0000:3B:00.0");
     assert_eq!(field(&out, "dev0", "bus"), "59");
-    assert_eq!(field(&out, "dev0", "uuid"), "0123456789abcdef0123456789abcdef", "the NVML UUID's hex");
+    assert_eq!(
+        field(&out, "dev0", "uuid"),
+        "0123456789abcdef0123456789abcdef",
+        "the NVML UUID's hex"
+    );
     assert_eq!(field(&out, "dev1", "name"), "Sim-H100");
     assert_eq!(field_u64(&out, "dev1", "mem"), 80 << 30);
     assert_eq!(field(&out, "dev1", "cc"), "9.0");
@@ -43,14 +50,23 @@ fn default_machine_has_an_a100_and_an_l4() {
     let m = SimMachine::new("cuda-default-devices");
     let out = run_probe(&mut m.command(linked_probe("cu_devices")));
     assert_eq!(field(&out, "count", "count"), "2");
-    assert!(out.contains("dev0 name=NVIDIA A100-SXM4-40GB mem=42949672960 sms=108 cc=8.0"), "{out}");
-    assert!(out.contains("dev1 name=NVIDIA L4 mem=25769803776 sms=58 cc=8.9"), "{out}");
+    assert!(
+        out.contains("dev0 name=NVIDIA A100-SXM4-40GB mem=42949672960 sms=108 cc=8.0"),
+        "{out}"
+    );
+    assert!(
+        out.contains("dev1 name=NVIDIA L4 mem=25769803776 sms=58 cc=8.9"),
+        "{out}"
+    );
 }
 
 #[test]
 fn memory_charges_round_trips_pools_vmm_arrays() {
     let m = SimMachine::new("cuda-memory");
-    let out = run_probe(m.command(linked_probe("cu_memory")).env("SIMGPU_CONTEXT_BYTES", "64Mi"));
+    let out = run_probe(
+        m.command(linked_probe("cu_memory"))
+            .env("SIMGPU_CONTEXT_BYTES", "64Mi"),
+    );
     // Every context costs SIMGPU_CONTEXT_BYTES of device memory.
     assert_eq!(field_u64(&out, "context", "used"), 64 << 20);
     assert_eq!(field_u64(&out, "second context", "used"), 64 << 20);
@@ -67,7 +83,11 @@ fn context_cost_defaults_to_304_mib() {
 fn modules_kernels_streams_events_graphs() {
     let m = SimMachine::new("cuda-launch");
     let module = m.dir.join("kernels.simgpu");
-    std::fs::write(&module, "SIMGPU-MODULE 1\n# from a file\nkernel from_file 10\n").unwrap();
+    std::fs::write(
+        &module,
+        "SIMGPU-MODULE 1\n# from a file\nkernel from_file 10\n",
+    )
+    .unwrap();
     let out = run_probe(m.command(linked_probe("cu_launch")).arg(&module));
     // Lower bounds, asserted in the probe too; printed here for the log.
     for what in ["sleep", "event", "graph"] {

@@ -7,11 +7,7 @@ use std::time::{Duration, Instant};
 use simgpu_state::{Config, Machine, SimError};
 
 fn scratch(label: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("simgpu-state-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{label}.state"));
-    let _ = std::fs::remove_file(&path);
-    path
+    testkit::scratch_dir(&format!("simgpu-state-{label}")).join("machine.state")
 }
 
 fn config(spec: &str) -> Config {
@@ -114,7 +110,7 @@ fn timeline_serializes_launches_across_machines() {
     assert_eq!(b.busy_ns(0, Some(std::process::id()), 0, u64::MAX), expect);
     assert_eq!(b.busy_ns(0, Some(1), 0, u64::MAX), 0);
     // not_before: a launch queued behind a stream's tail starts there.
-    let later = end + 1_000_000;
+    let later = end.max(a.now_ns()) + 1_000_000_000; // far enough ahead of any clock
     assert_eq!(a.launch(0, 10, later), (later, later + 10));
 }
 
@@ -122,7 +118,7 @@ fn timeline_serializes_launches_across_machines() {
 fn busy_ns_clips_to_the_window_and_splits_by_pid() {
     let path = scratch("busy");
     let m = Machine::open(&path, config("mem=1Gi;mem=1Gi")).unwrap();
-    let t0 = m.now_ns() + 1_000_000_000; // in the future, so the slots are exactly where we put them
+    let t0 = m.now_ns() + 60_000_000_000; // well in the future, so the slots are exactly where we put them
     assert_eq!(m.launch(1, 100, t0), (t0, t0 + 100));
     assert_eq!(m.launch(1, 100, t0 + 1_000), (t0 + 1_000, t0 + 1_100));
     assert_eq!(m.busy_ns(1, None, t0 + 50, t0 + 1_050), 100);
