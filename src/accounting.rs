@@ -21,7 +21,7 @@
 //! parent's allocations are not the child's, so the table is emptied.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 
 use crate::alloc_table::{AllocTable, EntryTicket, InsertError, Key, MAX_ENTRY_BYTES};
 use crate::region::{ChargeRecord, MemKind, OverLimit, Region, Reservation, SlotId};
@@ -52,7 +52,13 @@ pub struct Accounting {
     region: Region,
     table: AllocTable,
     slot: AtomicU16,
+    /// Monotonic ns before which [`Accounting::sweep_dead_if_due`] does nothing.
+    next_sweep_ns: AtomicU64,
 }
+
+/// How often usage is checked for dead processes outside the over-limit path: what `cuMemGetInfo`,
+/// NVML and the next allocation report must not include a killed process's memory for longer.
+pub const DEAD_SWEEP_INTERVAL_NS: u64 = 1_000_000_000;
 
 /// A charge taken before the driver call. Commit it under the allocation's key once the driver has
 /// succeeded; drop it to give everything back.
@@ -93,6 +99,7 @@ impl Accounting {
             region,
             table,
             slot: AtomicU16::new(slot.index() as u16),
+            next_sweep_ns: AtomicU64::new(0),
         }
     }
 
@@ -142,6 +149,29 @@ impl Accounting {
             reservation,
             ticket,
         })
+    }
+
+    /// At most once per [`DEAD_SWEEP_INTERVAL_NS`] (`now_ns` is a monotonic clock): if a registered
+    /// process has died, reclaim its usage. Between sweeps this is one relaxed load and a compare; a
+    /// sweep costs one liveness probe per registered slot, and takes the region lock only when a dead
+    /// slot is found. So a killed process's memory leaves every view within a second of the next
+    /// memory query or allocation, not only when some allocation is refused.
+    pub fn sweep_dead_if_due(&self, now_ns: u64) {
+        let due = self.next_sweep_ns.load(Ordering::Relaxed);
+        if now_ns < due {
+            return;
+        }
+        let next = now_ns.saturating_add(DEAD_SWEEP_INTERVAL_NS);
+        if self
+            .next_sweep_ns
+            .compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return; // another thread sweeps now
+        }
+        if self.region.any_dead_slot() {
+            let _ = self.region.reclaim_dead();
+        }
     }
 
     /// Removes `key` and gives back what it charged; `None` for keys we never charged.
@@ -263,6 +293,45 @@ mod tests {
         assert_eq!(acct.device_used(0), 0);
         assert!(acct.table().is_empty());
         assert_eq!(acct.device_limit(0), Some(1000));
+    }
+
+    #[test]
+    fn a_dead_neighbour_leaves_the_views_at_the_next_sweep() {
+        let alive = Alive::default();
+        alive.0.lock().unwrap().extend([1, 2]);
+        let (_d, path, r) = region("sweep", 1000, &alive);
+        let slot = r.register(1, 0).unwrap();
+        let setup = RegionSetup {
+            devices: vec![DeviceSetup {
+                uuid: "GPU-0".into(),
+                memory_limit: Some(1000),
+                sm_limit_percent: None,
+            }],
+            priority: 1,
+        };
+        let neighbour = Region::open_with_probe(&path, &setup, Box::new(alive.clone())).unwrap();
+        let ns = neighbour.register(2, 0).unwrap();
+        neighbour
+            .reserve(ns, 0, 300, MemKind::Data)
+            .unwrap()
+            .commit();
+        let acct = Accounting::new(r, slot, AllocTable::with_capacity(64).unwrap());
+        let t0 = 5 * DEAD_SWEEP_INTERVAL_NS;
+        acct.sweep_dead_if_due(t0);
+        assert_eq!(acct.device_used(0), 300, "a live neighbour keeps its usage");
+        alive.0.lock().unwrap().remove(&2); // SIGKILLed
+        acct.sweep_dead_if_due(t0 + 1);
+        assert_eq!(
+            acct.device_used(0),
+            300,
+            "no second sweep within the interval"
+        );
+        acct.sweep_dead_if_due(t0 + DEAD_SWEEP_INTERVAL_NS);
+        assert_eq!(
+            acct.device_used(0),
+            0,
+            "the next sweep gives the dead process's usage back"
+        );
     }
 
     #[test]

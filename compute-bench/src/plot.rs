@@ -32,8 +32,24 @@ const TOP: u32 = 40;
 const BOTTOM: u32 = 40;
 
 pub fn draw(path: &Path, title: &str, lines: &[Line<'_>]) -> Result<(), String> {
-    let err = |e: &dyn std::fmt::Display| format!("plot {}: {e}", path.display());
-    let root = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
+    let mut pixels = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
+    render(&mut pixels, title, lines).map_err(|e| format!("plot {}: {e}", path.display()))?;
+    write_png(path, &pixels).map_err(|e| format!("plot {}: {e}", path.display()))
+}
+
+/// An RGB PNG of `WIDTH` x `HEIGHT` from `pixels`.
+fn write_png(path: &Path, pixels: &[u8]) -> Result<(), String> {
+    let file = std::fs::File::create(path).map_err(|e| e.to_string())?;
+    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), WIDTH, HEIGHT);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header().map_err(|e| e.to_string())?;
+    writer.write_image_data(pixels).map_err(|e| e.to_string())
+}
+
+fn render(pixels: &mut [u8], title: &str, lines: &[Line<'_>]) -> Result<(), String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let root = BitMapBackend::with_buffer(pixels, (WIDTH, HEIGHT)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let seconds = lines
         .iter()

@@ -200,7 +200,7 @@ impl RawSettings {
                 bad(
                     "replica_memory",
                     v,
-                    "\"even\", a percentage \"1%\"..\"100%\", or a size like \"4Gi\" / \"4096m\" (no KB/MB/GB)",
+                    "\"even\", a percentage \"1%\"..\"100%\", or a size of at least 1Mi like \"4Gi\" / \"4096m\" (no KB/MB/GB)",
                 )
             })?;
         }
@@ -299,9 +299,10 @@ fn parse_replica_memory(text: &str) -> Option<ReplicaMemory> {
     }
     // The library's own grammar, so a slice never has a size libvgpu.so would refuse. A plain "0" would
     // mean "no limit" there, which a slice must never be.
+    // Limits are passed in whole MiB: less than 1 MiB would become "0m", which the library rejects.
     match vgpu::config::parse_size(text) {
-        Ok(0) | Err(_) => None,
-        Ok(bytes) => Some(ReplicaMemory::Bytes(bytes)),
+        Ok(bytes) if bytes >= 1 << 20 => Some(ReplicaMemory::Bytes(bytes)),
+        _ => None,
     }
 }
 
@@ -366,6 +367,7 @@ mod tests {
             ("split_count = 0", "split_count"),
             ("replica_memory = \"4GB\"", "replica_memory"),
             ("replica_memory = \"0\"", "replica_memory"),
+            ("replica_memory = \"512k\"", "replica_memory"),
             ("replica_memory = \"101%\"", "replica_memory"),
             ("replica_cores = 101", "replica_cores"),
             ("preferred_allocation = \"random\"", "preferred_allocation"),

@@ -163,7 +163,10 @@ impl Plugin {
     async fn serve_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let kubelet_socket = self.options.plugin_dir.join(api::KUBELET_SOCKET);
         let mut server: Option<RunningServer> = None;
-        let mut registered_with: Option<(u64, u64)> = None;
+        let mut registered_with: Option<FileIdentity> = None;
+        // After a failed registration, wait before the next try (doubling, at most 30 s).
+        let mut retry_delay = Duration::ZERO;
+        let mut next_try = tokio::time::Instant::now();
         loop {
             if *stop.borrow() {
                 break;
@@ -182,9 +185,11 @@ impl Plugin {
                     Err(e) => log_error!("cannot serve on {}: {e}", self.socket_path().display()),
                 }
                 registered_with = None;
+                next_try = tokio::time::Instant::now();
             }
             let kubelet = file_identity(&kubelet_socket);
-            if server.is_some() {
+            let due = tokio::time::Instant::now() >= next_try;
+            if server.is_some() && due {
                 if let Some(id) = kubelet.filter(|id| registered_with != Some(*id)) {
                     match self.register(&kubelet_socket).await {
                         Ok(()) => {
@@ -195,11 +200,17 @@ impl Plugin {
                                 self.options.socket_name
                             );
                             registered_with = Some(id);
+                            retry_delay = Duration::ZERO;
                         }
-                        Err(e) => log_warn!(
-                            "registration with {} failed: {e}; retrying",
-                            kubelet_socket.display()
-                        ),
+                        Err(e) => {
+                            retry_delay = (retry_delay * 2)
+                                .clamp(self.options.kubelet_poll_interval, Duration::from_secs(30));
+                            next_try = tokio::time::Instant::now() + retry_delay;
+                            log_warn!(
+                                "registration with {} failed: {e}; retrying in {retry_delay:?}",
+                                kubelet_socket.display()
+                            );
+                        }
                     }
                 }
             }
@@ -681,14 +692,19 @@ fn plugin_options() -> DevicePluginOptions {
     }
 }
 
-/// (device, inode) of a file: a recreated socket is a new inode.
-fn file_identity(path: &Path) -> Option<(u64, u64)> {
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+/// Which file a path is: a recreated socket is a new inode, or (when the inode number is reused at
+/// once) a new change time.
+type FileIdentity = (u64, u64, i64, i64);
+
+fn file_identity(path: &Path) -> Option<FileIdentity> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
 }
 
 struct RunningServer {
     path: PathBuf,
-    identity: Option<(u64, u64)>,
+    identity: Option<FileIdentity>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }

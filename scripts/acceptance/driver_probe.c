@@ -8,9 +8,11 @@
  *   driver_probe launches MODULE KERNEL ITERS REPS WARMUP
  *       Host time per launch of a 1-block, 1-thread kernel: REPS timed loops of ITERS launches, each
  *       closed by cuCtxSynchronize (case 6).
- *   driver_probe saturate MODULE KERNEL ITERS TARGET_S CAP_S WARM_S PER_GRAPH BLOCKS_PER_SM THREADS
+ *   driver_probe saturate MODULE KERNEL ITERS TARGET_S CAP_S WARM_S PER_GRAPH BLOCKS_PER_SM THREADS SPIN_US
  *       A loop of kernels that fill every SM, timed with CUDA events, eager and as a replayed CUDA graph of
- *       PER_GRAPH launches (case 5 on the simulated driver). ITERS 0 = calibrate to TARGET_S seconds.
+ *       PER_GRAPH launches (case 5 on the simulated driver, or on a GPU without PyTorch). The kernel takes
+ *       one u64 parameter, the clock cycles each block spins (SPIN_US at the device's clock rate; the
+ *       simulated driver ignores it). ITERS 0 = calibrate to TARGET_S seconds.
  *
  * Prints one line "RESULT {json}" on stdout; errors name the failing call and its CUresult.
  */
@@ -25,6 +27,7 @@ typedef int CUresult;
 typedef int CUdevice;
 typedef void *CUcontext, *CUmodule, *CUfunction, *CUstream, *CUevent, *CUgraph, *CUgraphExec;
 
+#define CU_DEVICE_ATTRIBUTE_CLOCK_RATE 13
 #define CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT 16
 #define CU_STREAM_CAPTURE_MODE_GLOBAL 0
 
@@ -134,6 +137,7 @@ static CUdevice device;
 static CUfunction kernel;
 static CUstream stream;
 static unsigned grid_x = 1, block_x = 1;
+static void **kernel_params; /* NULL: the kernel takes no parameter */
 
 static void setup(const char *module_path, const char *kernel_name) {
     load_driver();
@@ -149,7 +153,9 @@ static void setup(const char *module_path, const char *kernel_name) {
     CHECK(cu.cuStreamCreate(&stream, 0));
 }
 
-static void launch(void) { CHECK(cu.cuLaunchKernel(kernel, grid_x, 1, 1, block_x, 1, 1, 0, stream, NULL, NULL)); }
+static void launch(void) {
+    CHECK(cu.cuLaunchKernel(kernel, grid_x, 1, 1, block_x, 1, 1, 0, stream, kernel_params, NULL));
+}
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -247,22 +253,30 @@ static long calibrate(void (*fn)(void), long per_call, double target_s) {
 }
 
 static int cmd_saturate(int argc, char **argv) {
-    if (argc != 11) {
+    if (argc != 12) {
         fprintf(stderr, "usage: driver_probe saturate MODULE KERNEL ITERS TARGET_S CAP_S WARM_S PER_GRAPH "
-                        "BLOCKS_PER_SM THREADS\n");
+                        "BLOCKS_PER_SM THREADS SPIN_US\n");
         return 2;
     }
     long iters_arg = atol(argv[4]);
     double target_s = atof(argv[5]), cap_s = atof(argv[6]), warm_s = atof(argv[7]);
     per_graph = atoi(argv[8]);
     int blocks_per_sm = atoi(argv[9]), threads = atoi(argv[10]);
-    if (per_graph < 1 || blocks_per_sm < 1 || threads < 1) {
-        fprintf(stderr, "driver_probe: bad PER_GRAPH/BLOCKS_PER_SM/THREADS\n");
+    double spin_us = atof(argv[11]);
+    if (per_graph < 1 || blocks_per_sm < 1 || threads < 1 || spin_us <= 0) {
+        fprintf(stderr, "driver_probe: bad PER_GRAPH/BLOCKS_PER_SM/THREADS/SPIN_US\n");
         return 2;
     }
     setup(argv[2], argv[3]);
     int sms = 0;
     CHECK(cu.cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, device));
+    int clock_khz = 0;
+    CHECK(cu.cuDeviceGetAttribute(&clock_khz, CU_DEVICE_ATTRIBUTE_CLOCK_RATE, device));
+    static unsigned long long spin_cycles;
+    static void *params[1];
+    spin_cycles = (unsigned long long)((double)clock_khz * spin_us / 1000.0);
+    params[0] = &spin_cycles;
+    kernel_params = params;
     grid_x = (unsigned)(sms * blocks_per_sm);
     block_x = (unsigned)threads;
     for (int i = 0; i < 3; i++)
@@ -288,7 +302,9 @@ static int cmd_saturate(int argc, char **argv) {
         results[m] = timed(modes[m].fn, modes[m].per_call, calls, warm_s, cap_s);
     }
     /* Printed only once everything succeeded: a failure prints its own RESULT line instead. */
-    printf("RESULT {\"backend\": \"driver-probe\", \"sms\": %d, \"grid\": %u, \"modes\": {", sms, grid_x);
+    printf("RESULT {\"backend\": \"driver-probe\", \"sms\": %d, \"grid\": %u, \"clock_khz\": %d, "
+           "\"spin_cycles\": %llu, \"modes\": {",
+           sms, grid_x, clock_khz, spin_cycles);
     for (int m = 0; m < 2; m++) {
         Timed t = results[m];
         printf("%s\"%s\": {\"iters\": %ld, \"planned_iters\": %ld, \"ms\": %.4f, \"wall_s\": %.4f, "

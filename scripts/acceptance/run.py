@@ -838,21 +838,25 @@ def case4(ctx, case):
                                                                      "backend": backend})
 
 
-def compute_backend(ctx):
-    if ctx.sim:
-        if not ctx.tools["driver_probe"]:
-            return None, "--sim needs a C compiler for driver_probe.c"
-        return "driver-probe", None
-    if not ctx.tools["torch"].get("ok"):
-        return None, "PyTorch is needed: %s" % ctx.tools["torch"].get("reason")
-    return "torch", None
-
-
 def case5(ctx, case):
-    backend, why = compute_backend(ctx)
     limits = (25, 50)
-    if backend is None:
-        case.add("5", "SM limits 25%, 50% (eager, CUDA graph)", "+/- 5 points of the limit", "not run", FAIL, why)
+    if ctx.sim:
+        backend = "driver-probe"
+    elif ctx.tools["torch"].get("ok"):
+        backend = "torch"
+    else:
+        # The rule: no PyTorch fails the case. The same measurement with the driver probe and a
+        # PTX spin kernel still runs when a C compiler is there, so a GPU without PyTorch reports numbers.
+        case.add("5", "SM limits with PyTorch", "+/- 5 points of the limit", "not run", FAIL,
+                 "PyTorch is needed: %s%s" % (ctx.tools["torch"].get("reason"),
+                                              "; rows 5.x below use driver_probe instead"
+                                              if ctx.tools["driver_probe"] else ""))
+        backend = "driver-probe"
+    if backend == "driver-probe" and not ctx.tools["driver_probe"]:
+        if not case.checks:
+            case.add("5", "SM limits with driver_probe", "+/- 5 points of the limit", "not run", FAIL,
+                     "needs a C compiler (cc) for driver_probe.c: %s" % ctx.tools.get("driver_probe_error",
+                                                                                   "none found"))
         return
     d = case_dir(ctx, 5)
     target_s = 0.75 if ctx.args.quick else 1.5
@@ -862,9 +866,14 @@ def case5(ctx, case):
         if backend == "torch":
             return [ctx.python, CASES_PY, "torch-compute", "--iters", str(iters), "--target-s", str(target_s),
                     "--cap-s", str(cap_s), "--warm-s", str(warm_s), "--per-graph", "10"]
-        # Simulated driver: vgpu_spin costs 1 ms per wave; one block per SM fills the device.
-        return [ctx.tools["driver_probe"], "saturate", os.path.join(HERE, "sim_kernels.txt"), "vgpu_spin",
-                str(iters), str(target_s), str(cap_s), str(warm_s), "10", "1", "256"]
+        if ctx.sim:
+            # vgpu_spin costs 1 ms per wave of the simulated device; one block per SM is one wave.
+            return [ctx.tools["driver_probe"], "saturate", os.path.join(HERE, "sim_kernels.txt"), "vgpu_spin",
+                    str(iters), str(target_s), str(cap_s), str(warm_s), "10", "1", "256", "1000"]
+        # A real GPU: 4 blocks of 256 threads per SM (resident together on every GPU since Maxwell), each
+        # spinning 1 ms on its SM's clock.
+        return [ctx.tools["driver_probe"], "saturate", os.path.join(HERE, "kernels.ptx"), "vgpu_spin",
+                str(iters), str(target_s), str(cap_s), str(warm_s), "10", "4", "256", "1000"]
 
     base = run_step(ctx, case, "reference (no library)", argv_for(0, 4 * target_s), ctx.env(), 150)
     problem = step_problem(base)
@@ -872,7 +881,7 @@ def case5(ctx, case):
         case.add("5.0", "reference run (no library)", "runs", "-", FAIL, problem)
         return
     rb = base["result"]["modes"]
-    desc = "backend %s" % backend
+    desc = "driver_probe, %s kernel" % ("simulated" if ctx.sim else "PTX spin")
     if backend == "torch":
         desc = "%dx%d %s matmul" % (base["result"]["n"], base["result"]["n"], base["result"]["dtype"])
     case.add("5.0", "reference run (no library)", "runs",
@@ -990,9 +999,12 @@ def case7(ctx, case):
         return
     ratio = lib / base
     ok = ratio <= 1.10 or lib - base <= 2.0
-    case.add("7.1", "`python -c pass` start-up", "<= 1.10x or <= +2 ms", "%.3fx (%.1f vs %.1f ms, median of %d)" % (
-        ratio, lib, base, n), PASS if ok else FAIL, "" if ok else "start-up slower than the budget",
-        data={"ratio": ratio, "ms": times})
+    # The minimums are shown too: on a busy host the medians move, the fastest runs much less.
+    min_ratio = min(times["lib"]) / min(times["base"])
+    case.add("7.1", "`python -c pass` start-up", "<= 1.10x or <= +2 ms (medians)",
+             "%.3fx (%.1f vs %.1f ms, median of %d; fastest %.3fx)" % (ratio, lib, base, len(times["lib"]), min_ratio),
+             PASS if ok else FAIL, "" if ok else "start-up slower than the budget (a busy host shows here too: compare "
+             "the fastest runs, and rerun with --only 7)", data={"ratio": ratio, "min_ratio": min_ratio, "ms": times})
     made = os.path.exists(region)
     quiet = not bad
     case.add("7.2", "never touches CUDA: no trace", "exit 0, no output, no region file",

@@ -894,6 +894,12 @@ impl Region {
         self.i32(OFF_PROC_NUM).store(top as i32, Ordering::Release);
     }
 
+    /// Whether any registered slot belongs to a process that is gone (or whose pid was reused). Takes
+    /// no lock: a cheap look before [`Region::reclaim_dead`], for callers that sweep periodically.
+    pub fn any_dead_slot(&self) -> bool {
+        (0..self.slot_scan_end()).any(|k| !self.slot_is_free(k) && !self.slot_is_live(k))
+    }
+
     /// Frees the slots of dead processes and gives their usage back (recounting the devices they had
     /// charged, and any device whose counter has drifted from its slots). Call when a reservation is
     /// refused, then retry it once: a dead process's usage comes back within one allocation.

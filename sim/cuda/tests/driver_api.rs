@@ -95,3 +95,22 @@ fn modules_kernels_streams_events_graphs() {
         assert!(ms >= 20.0, "{what}: {ms} ms");
     }
 }
+
+#[test]
+fn many_threads_share_a_context() {
+    let m = SimMachine::new("cuda-threads");
+    run_probe(&mut m.command(linked_probe("cu_threads")));
+}
+
+#[test]
+fn fork_before_init_works_and_after_init_the_child_is_refused() {
+    let m = SimMachine::new("cuda-fork");
+    let out = run_probe(m.command(linked_probe("cu_fork")).arg("before"));
+    assert_eq!(field(&out, "child", "child"), "0", "{out}");
+    let out = run_probe(m.command(linked_probe("cu_fork")).arg("after"));
+    assert_eq!(
+        field(&out, "child", "child"),
+        "3",
+        "CUDA_ERROR_NOT_INITIALIZED: {out}"
+    );
+}
