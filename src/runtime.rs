@@ -193,7 +193,8 @@ impl Runtime {
     /// The view of a limited device; `None` for an unlimited one (callers then show real values).
     pub fn memory_view(&self, device: usize) -> Option<MemoryView> {
         let limit = self.accounting.device_limit(device)?;
-        self.accounting.sweep_dead_if_due(crate::sys::monotonic_ns());
+        self.accounting
+            .sweep_dead_if_due(crate::sys::monotonic_ns());
         Some(MemoryView {
             limit,
             used: self.accounting.device_used(device),
@@ -211,7 +212,8 @@ impl Runtime {
         if self.slot_owner.load(Ordering::Relaxed) != FORK_GENERATION_PID.load(Ordering::Relaxed) {
             self.register_after_fork()?;
         }
-        self.accounting.sweep_dead_if_due(crate::sys::monotonic_ns());
+        self.accounting
+            .sweep_dead_if_due(crate::sys::monotonic_ns());
         self.accounting
             .charge(device, bytes, kind)
             .map_err(|error| {

@@ -22,7 +22,11 @@ const DEADLINE: Duration = Duration::from_secs(60);
 fn probe() -> PathBuf {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    testkit::compile_c(&PathBuf::from(env!("CARGO_MANIFEST_DIR")), "compute_loop", &[])
+    testkit::compile_c(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+        "compute_loop",
+        &[],
+    )
 }
 
 /// The simulated machine as the test sees it (same state file and devices as the children).
@@ -125,10 +129,22 @@ fn run_share(sim: &SimMachine, env: &[(&str, &str)], args: &[&str], device: u32)
 #[test]
 fn a_limited_loop_is_throttled_and_an_unlimited_one_is_not() {
     let cases: Vec<(&str, Vec<(&str, &str)>, Vec<&str>)> = vec![
-        ("limited, synced", vec![("CUDA_DEVICE_SM_LIMIT", "20")], vec!["--sync"]),
-        ("limited, unsynced", vec![("CUDA_DEVICE_SM_LIMIT", "20")], vec![]),
+        (
+            "limited, synced",
+            vec![("CUDA_DEVICE_SM_LIMIT", "20")],
+            vec!["--sync"],
+        ),
+        (
+            "limited, unsynced",
+            vec![("CUDA_DEVICE_SM_LIMIT", "20")],
+            vec![],
+        ),
         // A memory limit keeps libvgpu active (not pass-through) without any SM limit.
-        ("unlimited", vec![("CUDA_DEVICE_MEMORY_LIMIT", "1g")], vec!["--sync"]),
+        (
+            "unlimited",
+            vec![("CUDA_DEVICE_MEMORY_LIMIT", "1g")],
+            vec!["--sync"],
+        ),
     ];
     let runs: Vec<_> = cases
         .into_iter()
@@ -199,11 +215,22 @@ fn graph_replays_are_throttled_like_kernels() {
     let free = run_share(
         &sim,
         &[("CUDA_DEVICE_MEMORY_LIMIT", "1g")],
-        &["--api", "graph", "--graph-nodes", "8", "--seconds", "2", "--sync"],
+        &[
+            "--api",
+            "graph",
+            "--graph-nodes",
+            "8",
+            "--seconds",
+            "2",
+            "--sync",
+        ],
         0,
     );
     eprintln!("graph: limited {limited:.3}, unlimited {free:.3}");
-    assert!((0.05..0.5).contains(&limited), "limited graph loop: {limited:.3}");
+    assert!(
+        (0.05..0.5).contains(&limited),
+        "limited graph loop: {limited:.3}"
+    );
     assert!(free > 0.8, "unlimited graph loop: {free:.3}");
 }
 
@@ -218,12 +245,21 @@ fn two_devices_have_independent_budgets() {
         ("CUDA_DEVICE_SM_LIMIT_0", "20"),
         ("CUDA_DEVICE_SM_LIMIT_1", "60"),
     ];
-    let a = Run::start(loop_cmd(&sim, &env, &["--device", "0", "--seconds", "2", "--sync"]), "dev0");
-    let b = Run::start(loop_cmd(&sim, &env, &["--device", "1", "--seconds", "2", "--sync"]), "dev1");
+    let a = Run::start(
+        loop_cmd(&sim, &env, &["--device", "0", "--seconds", "2", "--sync"]),
+        "dev0",
+    );
+    let b = Run::start(
+        loop_cmd(&sim, &env, &["--device", "1", "--seconds", "2", "--sync"]),
+        "dev1",
+    );
     let (a, b) = (a.finish(), b.finish());
     let (share0, share1) = (a.share(&machine, 0), b.share(&machine, 1));
     eprintln!("two processes: device 0 {share0:.3} (20 %), device 1 {share1:.3} (60 %)");
-    assert!((0.05..0.4).contains(&share0), "device 0 at 20 %: {share0:.3}");
+    assert!(
+        (0.05..0.4).contains(&share0),
+        "device 0 at 20 %: {share0:.3}"
+    );
     assert!(
         (0.45..0.85).contains(&share1),
         "device 1 at 60 % is not held back by device 0: {share1:.3}"
@@ -261,7 +297,10 @@ fn the_container_budget_is_shared_by_its_processes() {
         .collect();
     let reports: Vec<Report> = runs.into_iter().map(Run::finish).collect();
     let total: f64 = reports.iter().map(|r| r.share(&machine, 0)).sum();
-    eprintln!("three processes at a shared 30 %: {:.1} % together", total * 100.0);
+    eprintln!(
+        "three processes at a shared 30 %: {:.1} % together",
+        total * 100.0
+    );
     assert!(
         (0.1..0.5).contains(&total),
         "three processes of one container at 30 %: {total:.3} together"
@@ -322,8 +361,14 @@ fn a_negative_recent_kernel_holds_launches_until_cleared() {
         "launches went on while recent_kernel was -1: {held_at} -> {still}"
     );
     let mut word = [0u8; 4];
-    region.read_exact_at(&mut word, RECENT_KERNEL_OFFSET).unwrap();
-    assert_eq!(i32::from_le_bytes(word), -1, "a launch must never overwrite -1");
+    region
+        .read_exact_at(&mut word, RECENT_KERNEL_OFFSET)
+        .unwrap();
+    assert_eq!(
+        i32::from_le_bytes(word),
+        -1,
+        "a launch must never overwrite -1"
+    );
     // Cleared: launches resume (and mark the container active again).
     write_recent(0);
     let cleared = Instant::now();
@@ -334,8 +379,14 @@ fn a_negative_recent_kernel_holds_launches_until_cleared() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    region.read_exact_at(&mut word, RECENT_KERNEL_OFFSET).unwrap();
-    assert_eq!(i32::from_le_bytes(word), 2, "a launch marks the container active");
+    region
+        .read_exact_at(&mut word, RECENT_KERNEL_OFFSET)
+        .unwrap();
+    assert_eq!(
+        i32::from_le_bytes(word),
+        2,
+        "a launch marks the container active"
+    );
     run.finish();
 }
 
@@ -349,7 +400,14 @@ fn a_thread_that_does_not_launch_is_never_blocked() {
         loop_cmd(
             &sim,
             &[("CUDA_DEVICE_SM_LIMIT", "10")],
-            &["--seconds", "2", "--sync", "--kernel", "sleep_20000us", "--ticker"],
+            &[
+                "--seconds",
+                "2",
+                "--sync",
+                "--kernel",
+                "sleep_20000us",
+                "--ticker",
+            ],
         ),
         "ticker",
     )
@@ -362,5 +420,8 @@ fn a_thread_that_does_not_launch_is_never_blocked() {
         report.value("max_tick_gap_ns") / 1_000_000
     );
     assert!(share < 0.3, "the launcher is throttled: {share:.3}");
-    assert!(ticks > 300, "the non-launching thread kept ticking: {ticks} ticks in 2 s");
+    assert!(
+        ticks > 300,
+        "the non-launching thread kept ticking: {ticks} ticks in 2 s"
+    );
 }

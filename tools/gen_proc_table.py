@@ -71,6 +71,20 @@ def main():
                 skipped.append(f"{base} v{v}{variant}: {sym} not declared")
                 continue
             rows.append((base, v, variant, sym))
+    # Cross-name aliases: `#define PFN_cuGraphInstantiate PFN_cuGraphInstantiateWithFlags_v11040` (with
+    # `#define cuGraphInstantiate cuGraphInstantiateWithFlags` in cuda.h) means that from CUDA 12.0 on, a
+    # request for the base name gets the other entry point's ABI. The header marks no version for the
+    # switch; CUDA 12.0 is the release that made it, so the alias applies from 12000.
+    text = open(f"{inc}/cudaTypedefs.h").read()
+    for base, other, ver in re.findall(r"#define PFN_(cu\w+)\s+PFN_(cu\w+?)_v(\d+)\s*$", text, re.M):
+        # `PFN_cuMemAdvise_v2` -> `PFN_cuMemAdvise_v12020` only names an ABI of the same entry point.
+        if base == other or re.fullmatch(re.escape(other) + r"_v\d+", base):
+            continue
+        target = [r for r in rows if r[0] == other and r[1] == int(ver) and r[2] == ""]
+        if not target:
+            skipped.append(f"alias {base} -> {other} v{ver}: target not in table")
+            continue
+        rows.append((base, max(12000, int(ver)), "", target[0][3]))
     for s in skipped:
         print("skipped:", s, file=sys.stderr)
     ver = re.search(r"#define CUDA_VERSION (\d+)", open(f"{inc}/cuda.h").read()).group(1)

@@ -111,6 +111,13 @@ mod tests {
     }
 
     #[test]
+    fn cuda_12_alias_of_graph_instantiate() {
+        // cuda.h 12.x: `#define cuGraphInstantiate cuGraphInstantiateWithFlags`.
+        assert_eq!(resolve("cuGraphInstantiate", 12000, 0), Lookup::Found("cuGraphInstantiateWithFlags"));
+        assert_eq!(resolve("cuGraphInstantiate", 11000, 0), Lookup::Found("cuGraphInstantiate_v2"));
+    }
+
+    #[test]
     fn too_old_and_unknown() {
         assert_eq!(resolve("cuLaunchKernel", 3000, 0), Lookup::VersionNotSufficient);
         assert_eq!(resolve("cuNoSuchThing", 12000, 0), Lookup::NotFound);

@@ -5,8 +5,8 @@
 //! libvgpu preloaded (this same binary, `worker` subcommand). All workers start at one instant and
 //! run for the case's length; the machine's record of device-busy intervals per process is the
 //! ground truth. Printed per container: the target, the mean share over the run, the worst 1-second
-//! window after the first second, the time until the running mean stays within ±3 points, and
-//! pass/miss. A PNG of share over time per case goes into the output folder, with `results.md`.
+//! window after the first second, the time from which on every 1-second window is within ±3
+//! points, and pass/miss. A PNG of share over time per case goes into the output folder, with `results.md`.
 //!
 //! ```text
 //! vgpu-compute-bench [--quick | --full] [--seconds S] [--jobs N] [--filter TEXT] [--out DIR]
@@ -50,7 +50,13 @@ impl Case {
     fn slug(&self) -> String {
         self.name
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
             .collect::<String>()
             .split('-')
             .filter(|s| !s.is_empty())
@@ -106,7 +112,10 @@ fn two_containers(sms: u32, kernel: &'static str, sync: bool, procs: u32) -> Cas
 
 fn graph(limit: u32, sms: u32, sync: bool, procs: u32) -> Case {
     Case {
-        name: format!("graph8 {limit}% {sms}SM k1ms+k50us {} {procs}p", loop_name(sync)),
+        name: format!(
+            "graph8 {limit}% {sms}SM k1ms+k50us {} {procs}p",
+            loop_name(sync)
+        ),
         sms,
         kernel: "k1ms",
         sync,
@@ -199,16 +208,24 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
                 opts.cases = full_matrix();
                 opts.seconds = 10.0;
             }
-            "--seconds" => seconds = Some(value()?.parse::<f64>().map_err(|e| format!("--seconds: {e}"))?),
+            "--seconds" => {
+                seconds = Some(
+                    value()?
+                        .parse::<f64>()
+                        .map_err(|e| format!("--seconds: {e}"))?,
+                )
+            }
             "--jobs" => opts.jobs = value()?.parse().map_err(|e| format!("--jobs: {e}"))?,
             "--filter" => opts.filter = Some(value()?),
             "--out" => opts.out = PathBuf::from(value()?),
             "--lib" => opts.lib = PathBuf::from(value()?),
             "--sim" => opts.sim = PathBuf::from(value()?),
             "-h" | "--help" => {
-                return Err("usage: vgpu-compute-bench [--quick | --full] [--seconds S] [--jobs N] \
+                return Err(
+                    "usage: vgpu-compute-bench [--quick | --full] [--seconds S] [--jobs N] \
                             [--filter TEXT] [--out DIR] [--lib libvgpu.so] [--sim DIR]"
-                    .into())
+                        .into(),
+                )
             }
             other => return Err(format!("unknown option {other} (try --help)")),
         }
@@ -220,7 +237,10 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         opts.cases.retain(|c| c.name.contains(f.as_str()));
     }
     opts.jobs = opts.jobs.max(1);
-    for (path, what) in [(&opts.lib, "libvgpu.so"), (&opts.sim.join("libcuda.so.1"), "the simulated driver")] {
+    for (path, what) in [
+        (&opts.lib, "libvgpu.so"),
+        (&opts.sim.join("libcuda.so.1"), "the simulated driver"),
+    ] {
         if !path.exists() {
             return Err(format!(
                 "{what} not found at {}: run scripts/build-artifacts.sh first",
@@ -288,7 +308,10 @@ fn run_case(case: &Case, opts: &Options) -> (Vec<Row>, Vec<(String, f64, Vec<f64
                 .env("LD_LIBRARY_PATH", &opts.sim)
                 .env("SIMGPU_STATE", &state)
                 .env("SIMGPU_DEVICES", &spec)
-                .env("CUDA_DEVICE_MEMORY_SHARED_CACHE", dir.join(format!("ctr{ci}.cache")))
+                .env(
+                    "CUDA_DEVICE_MEMORY_SHARED_CACHE",
+                    dir.join(format!("ctr{ci}.cache")),
+                )
                 .env("CUDA_DEVICE_SM_LIMIT", container.limit.to_string())
                 .args(["worker", "--kernel", case.kernel, "--sms"])
                 .arg(case.sms.to_string())
@@ -306,7 +329,9 @@ fn run_case(case: &Case, opts: &Options) -> (Vec<Row>, Vec<(String, f64, Vec<f64
             }
         }
     }
-    let deadline = Instant::now() + Duration::from_nanos(end_ns.saturating_sub(simgpu_state::monotonic_ns())) + Duration::from_secs(60);
+    let deadline = Instant::now()
+        + Duration::from_nanos(end_ns.saturating_sub(simgpu_state::monotonic_ns()))
+        + Duration::from_secs(60);
     let mut pids: Vec<Vec<u32>> = vec![Vec::new(); case.containers.len()];
     let mut notes: Vec<String> = vec![String::new(); case.containers.len()];
     let mut errors = Vec::new();
@@ -315,7 +340,9 @@ fn run_case(case: &Case, opts: &Options) -> (Vec<Row>, Vec<(String, f64, Vec<f64
         let status = loop {
             match child.try_wait() {
                 Ok(Some(status)) => break Some(status),
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
                 _ => {
                     let _ = child.kill();
                     let _ = child.wait();
@@ -398,13 +425,25 @@ fn table(rows: &[Row]) -> String {
                     r.target,
                     fmt_num(a.mean, ""),
                     fmt_num(a.worst_window, ""),
-                    if a.converge_s.is_nan() { "never".into() } else { fmt_num(a.converge_s, "") },
+                    if a.converge_s.is_nan() {
+                        "never".into()
+                    } else {
+                        fmt_num(a.converge_s, "")
+                    },
                     verdict,
-                    if r.note.is_empty() { String::new() } else { format!(" ({})", r.note.trim_end_matches("; ")) }
+                    if r.note.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", r.note.trim_end_matches("; "))
+                    }
                 );
             }
             Err(e) => {
-                let _ = writeln!(out, "| {} | {} | {} | — | — | — | ERROR: {e} |", r.case, r.container, r.target);
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | — | — | — | ERROR: {e} |",
+                    r.case, r.container, r.target
+                );
             }
         }
     }
@@ -447,7 +486,13 @@ fn main() {
     std::thread::scope(|scope| {
         for _ in 0..opts.jobs {
             scope.spawn(|| loop {
-                let next = queue.lock().map(|mut q| if q.is_empty() { None } else { Some(q.remove(0)) });
+                let next = queue.lock().map(|mut q| {
+                    if q.is_empty() {
+                        None
+                    } else {
+                        Some(q.remove(0))
+                    }
+                });
                 let Ok(Some((index, case))) = next else { break };
                 let (rows, series) = run_case(case, &opts);
                 if !series.is_empty() {

@@ -67,14 +67,22 @@ fn render(pixels: &mut [u8], title: &str, lines: &[Line<'_>]) -> Result<(), Stri
     // Frame and grid: every 10 points and every second.
     for y in (0..=100).step_by(10) {
         let y = f64::from(y);
-        let style = if y == 0.0 || y == 100.0 { BLACK.stroke_width(1) } else { grey.stroke_width(1) };
+        let style = if y == 0.0 || y == 100.0 {
+            BLACK.stroke_width(1)
+        } else {
+            grey.stroke_width(1)
+        };
         chart
             .draw_series(LineSeries::new([(0.0, y), (seconds, y)], style))
             .map_err(|e| err(&e))?;
     }
     let mut s = 0.0;
     while s <= seconds + 1e-9 {
-        let style = if s == 0.0 || (s - seconds).abs() < 1e-9 { BLACK.stroke_width(1) } else { grey.stroke_width(1) };
+        let style = if s == 0.0 || (s - seconds).abs() < 1e-9 {
+            BLACK.stroke_width(1)
+        } else {
+            grey.stroke_width(1)
+        };
         chart
             .draw_series(LineSeries::new([(s, 0.0), (s, 100.0)], style))
             .map_err(|e| err(&e))?;
@@ -98,22 +106,34 @@ fn render(pixels: &mut [u8], title: &str, lines: &[Line<'_>]) -> Result<(), Stri
             let mut x = 0.0;
             let step = seconds / (WIDTH as f64 / dash);
             while x < seconds {
-                let style = if dash > 5.0 { color.stroke_width(2) } else { color.stroke_width(1) };
+                let style = if dash > 5.0 {
+                    color.stroke_width(2)
+                } else {
+                    color.stroke_width(1)
+                };
                 chart
-                    .draw_series(LineSeries::new([(x, y), ((x + step / 2.0).min(seconds), y)], style))
+                    .draw_series(LineSeries::new(
+                        [(x, y), ((x + step / 2.0).min(seconds), y)],
+                        style,
+                    ))
                     .map_err(|e| err(&e))?;
                 x += step;
             }
         }
         // Raw bins.
-        let raw = line.series.iter().enumerate().map(|(b, &v)| ((b as f64 + 0.5) * bin_s, v.min(100.0)));
+        let raw = line
+            .series
+            .iter()
+            .enumerate()
+            .map(|(b, &v)| ((b as f64 + 0.5) * bin_s, v.min(100.0)));
         chart
             .draw_series(LineSeries::new(raw, light.stroke_width(1)))
             .map_err(|e| err(&e))?;
         // 1-second moving average, plotted at the window's end.
         let smooth: Vec<(f64, f64)> = (per_window..=line.series.len())
             .map(|end| {
-                let mean = line.series[end - per_window..end].iter().sum::<f64>() / per_window as f64;
+                let mean =
+                    line.series[end - per_window..end].iter().sum::<f64>() / per_window as f64;
                 (end as f64 * bin_s, mean.min(100.0))
             })
             .collect();
@@ -220,7 +240,10 @@ fn draw_text<DB: DrawingBackend>(
                 if bits & (4 >> col) != 0 {
                     for dy in 0..scale {
                         for dx in 0..scale {
-                            area.draw_pixel((cx + col * scale + dx, y + r as i32 * scale + dy), color)?;
+                            area.draw_pixel(
+                                (cx + col * scale + dx, y + r as i32 * scale + dy),
+                                color,
+                            )?;
                         }
                     }
                 }

@@ -15,7 +15,8 @@ type Handle = *mut c_void;
 /// The simulated module every worker loads: kernels of 50 µs, 1 ms and 20 ms when launched with a
 /// grid of 2 x the device's SMs (2 block-waves; sim/cuda/src/kernels.rs has the formula), so the
 /// same case takes the same device time on any size of GPU.
-pub const MODULE: &str = "SIMGPU-MODULE 1\nkernel k50us 25000\nkernel k1ms 500000\nkernel k20ms 10000000\n\0";
+pub const MODULE: &str =
+    "SIMGPU-MODULE 1\nkernel k50us 25000\nkernel k1ms 500000\nkernel k20ms 10000000\n\0";
 
 /// CUDA_SUCCESS.
 const SUCCESS: CUresult = 0;
@@ -50,12 +51,16 @@ impl Args {
                 "--sms" => out.sms = value()?.parse().map_err(|e| format!("--sms: {e}"))?,
                 "--sync" => out.sync = value()? == "1",
                 "--graph-nodes" => {
-                    out.graph_nodes = value()?.parse().map_err(|e| format!("--graph-nodes: {e}"))?
+                    out.graph_nodes = value()?
+                        .parse()
+                        .map_err(|e| format!("--graph-nodes: {e}"))?
                 }
                 "--start-at" => {
                     out.start_at_ns = value()?.parse().map_err(|e| format!("--start-at: {e}"))?
                 }
-                "--end-at" => out.end_at_ns = value()?.parse().map_err(|e| format!("--end-at: {e}"))?,
+                "--end-at" => {
+                    out.end_at_ns = value()?.parse().map_err(|e| format!("--end-at: {e}"))?
+                }
                 other => return Err(format!("worker: unknown option {other}")),
             }
         }
@@ -159,7 +164,8 @@ pub fn run(args: &Args) -> Result<(), String> {
         drv.sym("cuStreamEndCapture")?;
     let instantiate: unsafe extern "C" fn(*mut Handle, Handle, u64) -> CUresult =
         drv.sym("cuGraphInstantiateWithFlags")?;
-    let graph_launch: unsafe extern "C" fn(Handle, Handle) -> CUresult = drv.sym("cuGraphLaunch")?;
+    let graph_launch: unsafe extern "C" fn(Handle, Handle) -> CUresult =
+        drv.sym("cuGraphLaunch")?;
 
     let grid = 2 * args.sms.max(1);
     let block = 256;
@@ -177,20 +183,50 @@ pub fn run(args: &Args) -> Result<(), String> {
         check("cuDeviceGet", device_get(&mut dev, 0))?;
         check("cuDevicePrimaryCtxRetain", retain(&mut ctx, dev))?;
         check("cuCtxSetCurrent", set_current(ctx))?;
-        check("cuStreamCreate", stream_create(&mut stream, STREAM_NON_BLOCKING))?;
-        check("cuModuleLoadData", module_load(&mut module, MODULE.as_ptr().cast()))?;
-        check("cuModuleGetFunction", get_function(&mut function, module, name.as_ptr()))?;
-        check("cuModuleGetFunction k50us", get_function(&mut small, module, c"k50us".as_ptr()))?;
+        check(
+            "cuStreamCreate",
+            stream_create(&mut stream, STREAM_NON_BLOCKING),
+        )?;
+        check(
+            "cuModuleLoadData",
+            module_load(&mut module, MODULE.as_ptr().cast()),
+        )?;
+        check(
+            "cuModuleGetFunction",
+            get_function(&mut function, module, name.as_ptr()),
+        )?;
+        check(
+            "cuModuleGetFunction k50us",
+            get_function(&mut small, module, c"k50us".as_ptr()),
+        )?;
         if args.graph_nodes > 0 {
-            check("cuStreamBeginCapture_v2", begin_capture(stream, CAPTURE_MODE_RELAXED))?;
+            check(
+                "cuStreamBeginCapture_v2",
+                begin_capture(stream, CAPTURE_MODE_RELAXED),
+            )?;
             for node in 0..args.graph_nodes {
                 let f = if node % 2 == 0 { function } else { small };
-                let rc = launch(f, grid, 1, 1, block, 1, 1, 0, stream, std::ptr::null_mut(), std::ptr::null_mut());
+                let rc = launch(
+                    f,
+                    grid,
+                    1,
+                    1,
+                    block,
+                    1,
+                    1,
+                    0,
+                    stream,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                );
                 check("cuLaunchKernel (capture)", rc)?;
             }
             let mut graph: Handle = std::ptr::null_mut();
             check("cuStreamEndCapture", end_capture(stream, &mut graph))?;
-            check("cuGraphInstantiateWithFlags", instantiate(&mut exec, graph, 0))?;
+            check(
+                "cuGraphInstantiateWithFlags",
+                instantiate(&mut exec, graph, 0),
+            )?;
         }
     }
     let late_ns = monotonic_ns().saturating_sub(args.start_at_ns);
@@ -202,7 +238,19 @@ pub fn run(args: &Args) -> Result<(), String> {
             if args.graph_nodes > 0 {
                 graph_launch(exec, stream)
             } else {
-                launch(function, grid, 1, 1, block, 1, 1, 0, stream, std::ptr::null_mut(), std::ptr::null_mut())
+                launch(
+                    function,
+                    grid,
+                    1,
+                    1,
+                    block,
+                    1,
+                    1,
+                    0,
+                    stream,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                )
             }
         };
         check("launch", rc)?;

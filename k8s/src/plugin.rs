@@ -167,6 +167,8 @@ impl Plugin {
         // After a failed registration, wait before the next try (doubling, at most 30 s).
         let mut retry_delay = Duration::ZERO;
         let mut next_try = tokio::time::Instant::now();
+        // A directory that stays unusable is logged once, not every poll.
+        let mut last_bind_error: Option<String> = None;
         loop {
             if *stop.borrow() {
                 break;
@@ -181,8 +183,21 @@ impl Plugin {
                     old.stop().await;
                 }
                 match self.clone().start_server() {
-                    Ok(s) => server = Some(s),
-                    Err(e) => log_error!("cannot serve on {}: {e}", self.socket_path().display()),
+                    Ok(s) => {
+                        server = Some(s);
+                        last_bind_error = None;
+                    }
+                    Err(e) => {
+                        let message =
+                            format!("cannot serve on {}: {e}", self.socket_path().display());
+                        if last_bind_error.as_ref() != Some(&message) {
+                            log_error!(
+                                "{message}; trying again every {:?}",
+                                self.options.kubelet_poll_interval
+                            );
+                            last_bind_error = Some(message);
+                        }
+                    }
                 }
                 registered_with = None;
                 next_try = tokio::time::Instant::now();

@@ -646,7 +646,7 @@ async fn kubelet_restart_means_register_again() {
 async fn register_annotation_and_filters() {
     let setup = Setup::new(
         "filters",
-        "split_count = 5\nexclude_types = [\"L4\"]\nmemory_scaling = 1.5\n",
+        "split_count = 5\nexclude_types = [\"L4\"]\nmemory_scaling = 1.5\ncore_policy = \"disable\"\n",
     );
     let api = FakeApiServer::start();
     api.add_node(NODE, json!({"unrelated": "kept"}));
@@ -690,4 +690,21 @@ async fn register_annotation_and_filters() {
     // An oversubscribing memory scaling is passed on as HAMi does.
     let response = allocate(&mut client, &[replica(GPU_A, 0)]).await.unwrap();
     assert_eq!(response.envs["CUDA_OVERSUBSCRIBE"], "true");
+    assert_eq!(response.envs["GPU_CORE_UTILIZATION_POLICY"], "disable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_registration_is_retried() {
+    let setup = Setup::new("refused", SLICES);
+    let mut kubelet = FakeKubelet::start(&setup.plugin_dir);
+    kubelet.refuse_next(2);
+    let mut plugin = setup.start_plugin(None, &[]);
+    let registration = kubelet.next_registration().await;
+    assert_eq!(registration.resource_name, "nvidia.com/gpu");
+    let log = plugin.wait_for_log("registered nvidia.com/gpu");
+    assert_eq!(
+        log.matches("already taken (test); retrying in").count(),
+        2,
+        "{log}"
+    );
 }

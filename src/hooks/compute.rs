@@ -145,8 +145,8 @@ impl Compute {
 /// reset buckets left by another boot.
 pub fn attach(rt: &'static Runtime) {
     let view = rt.limiter_view();
-    let boot_epoch_s = crate::sys::epoch_secs_coarse()
-        .saturating_sub(crate::sys::monotonic_ns() / 1_000_000_000);
+    let boot_epoch_s =
+        crate::sys::epoch_secs_coarse().saturating_sub(crate::sys::monotonic_ns() / 1_000_000_000);
     rt.compute().gate.attach(&view, boot_epoch_s);
     let _ = VIEW.set(view);
 }
@@ -166,7 +166,12 @@ pub struct Placement {
 /// One launch on one device: decide, wait if needed, probe if asked, `submit` (the real call), and
 /// tell the gate what happened. Returns `submit`'s result.
 #[inline]
-pub fn launch(rt: &Runtime, placement: Placement, work: Work, submit: impl FnOnce() -> CUresult) -> CUresult {
+pub fn launch(
+    rt: &Runtime,
+    placement: Placement,
+    work: Work,
+    submit: impl FnOnce() -> CUresult,
+) -> CUresult {
     let Some(view) = VIEW.get() else {
         return submit();
     };
@@ -189,7 +194,15 @@ pub fn launch(rt: &Runtime, placement: Placement, work: Work, submit: impl FnOnc
         .probe()
         .is_some_and(|probe| probes.start(probe, &placement, foreign_context));
     let result = submit();
-    finish(compute, view, &mut probes, ticket, started, &placement, result);
+    finish(
+        compute,
+        view,
+        &mut probes,
+        ticket,
+        started,
+        &placement,
+        result,
+    );
     result
 }
 

@@ -8,7 +8,9 @@
 
 use std::ffi::{c_uint, c_void};
 
-use vgpu_abi::cuda::{CUfunction, CUgraphExec, CUlaunchConfig, CUresult, CUstream, CUDA_LAUNCH_PARAMS};
+use vgpu_abi::cuda::{
+    CUfunction, CUgraphExec, CUlaunchConfig, CUresult, CUstream, CUDA_LAUNCH_PARAMS,
+};
 
 use super::compute::{self, blocks, threads, Placement};
 use super::real_cuda;
@@ -80,7 +82,19 @@ pub unsafe fn kernel(
     kernel_on_current(f, [gx, gy, gz], [bx, by, bz], stream, false, || {
         // SAFETY: the caller's arguments, unchanged.
         unsafe {
-            real_cuda().cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shared_bytes, stream, params, extra)
+            real_cuda().cuLaunchKernel(
+                f,
+                gx,
+                gy,
+                gz,
+                bx,
+                by,
+                bz,
+                shared_bytes,
+                stream,
+                params,
+                extra,
+            )
         }
     })
 }
@@ -263,7 +277,12 @@ pub unsafe fn cooperative_multi_device(
 }
 
 /// `cuGraphLaunch[_ptsz]`: one replay, priced as a whole (its kernels run inside the probe's span).
-fn graph_with(exec: CUgraphExec, stream: CUstream, per_thread: bool, submit: impl FnOnce() -> CUresult) -> CUresult {
+fn graph_with(
+    exec: CUgraphExec,
+    stream: CUstream,
+    per_thread: bool,
+    submit: impl FnOnce() -> CUresult,
+) -> CUresult {
     match verdict() {
         Verdict::Enforce(rt) => compute::launch(
             rt,

@@ -97,8 +97,8 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
-use crate::sys::lock::FileLock;
 use crate::limiter::{SharedLimiter, SharedView};
+use crate::sys::lock::FileLock;
 use crate::sys::mmap::{grow_file, Mapping};
 use crate::sys::proc_info;
 use layout::*;
@@ -1312,9 +1312,8 @@ impl Region {
                 // the mapping is page-aligned and layout.rs pins the offset's alignment. Every field
                 // of `SharedLimiter` is an atomic integer, so any bytes another process wrote are a
                 // valid value, and all access goes through atomics (no data race in Rust's model).
-                // The pointer is derived from the mapping's base through `Mapping::u64_at`; a typed
-                // view accessor on `Mapping` would state the wider extent directly (see the note in
-                // docs/compute-isolation.md section 7).
+                // The pointer comes from the mapping's base through `Mapping::u64_at`; a typed view
+                // accessor on `Mapping` (sys/mmap.rs) would state the wider extent directly.
                 unsafe { &*start.cast::<SharedLimiter>() }
             }
             // Unreachable once `open` validated the length; keeps this total without a panic path.

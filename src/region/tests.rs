@@ -715,7 +715,8 @@ fn limiter_view_points_into_the_file_and_is_zeroed_on_reinit() {
         .store(0x99, Ordering::SeqCst);
     view.recent_kernel.store(-1, Ordering::SeqCst);
     view.utilization_switch.store(0, Ordering::SeqCst);
-    view.last_kernel_time_s.store(1_700_000_123, Ordering::SeqCst);
+    view.last_kernel_time_s
+        .store(1_700_000_123, Ordering::SeqCst);
     let b = std::fs::read(&path).unwrap();
     let limiter = 0x1EB000 + 1152;
     assert_eq!(limiter, layout::OFF_EXT_LIMITER);

@@ -117,13 +117,26 @@ pub fn compile_c(crate_dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
     let out_dir = root().join("target/probes");
     std::fs::create_dir_all(&out_dir).expect("create target/probes");
     let exe = out_dir.join(format!("{name}{}{}", if tag.is_empty() { "" } else { "-" }, short_hash(&tag)));
-    let stale = match (std::fs::metadata(&src), std::fs::metadata(&exe)) {
-        (Ok(s), Ok(e)) => s.modified().ok() > e.modified().ok(),
-        (Ok(_), Err(_)) => true,
-        (Err(e), _) => panic!("probe source {}: {e}", src.display()),
+    if let Err(e) = std::fs::metadata(&src) {
+        panic!("probe source {}: {e}", src.display());
+    }
+    // Rebuild when the source or any header beside it is newer than the program.
+    let newest_input = std::fs::read_dir(src.parent().expect("probes dir"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path() == src || e.path().extension().is_some_and(|x| x == "h"))
+        .filter_map(|e| e.metadata().ok()?.modified().ok())
+        .max();
+    let stale = match std::fs::metadata(&exe).and_then(|m| m.modified()) {
+        Ok(built) => newest_input.is_some_and(|n| n > built),
+        Err(_) => true,
     };
     if stale {
-        let tmp = exe.with_extension(format!("tmp{}", std::process::id()));
+        // Unique per process and call: two tests of one binary may build the same probe at once.
+        static BUILD: AtomicU64 = AtomicU64::new(0);
+        let n = BUILD.fetch_add(1, Ordering::Relaxed);
+        let tmp = exe.with_extension(format!("tmp{}-{n}", std::process::id()));
         let out = Command::new("cc")
             .args(["-O1", "-g", "-Wall", "-std=gnu11", "-pthread", "-o"])
             .arg(&tmp)

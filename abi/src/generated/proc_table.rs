@@ -1125,6 +1125,12 @@ pub static PROC_TABLE: &[ProcEntry] = &[
         symbol: "cuGraphInstantiate_v2",
     },
     ProcEntry {
+        base: "cuGraphInstantiate",
+        version: 12000,
+        per_thread: PerThread::No,
+        symbol: "cuGraphInstantiateWithFlags",
+    },
+    ProcEntry {
         base: "cuGraphInstantiateWithFlags",
         version: 11040,
         per_thread: PerThread::No,

@@ -2,6 +2,8 @@
 //! socket, both over the real v1beta1 protocol.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
@@ -15,12 +17,25 @@ use vgpu_k8s::api::v1beta1::device_plugin_client::DevicePluginClient;
 use vgpu_k8s::api::v1beta1::registration_server::{Registration, RegistrationServer};
 use vgpu_k8s::api::v1beta1::{Empty, RegisterRequest};
 
-struct Recorder(mpsc::UnboundedSender<RegisterRequest>);
+struct Recorder {
+    accepted: mpsc::UnboundedSender<RegisterRequest>,
+    /// Registrations still to refuse (as a kubelet does when the resource name is taken).
+    refuse: Arc<AtomicUsize>,
+}
 
 #[tonic::async_trait]
 impl Registration for Recorder {
     async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<Empty>, Status> {
-        let _ = self.0.send(request.into_inner());
+        let refused = self
+            .refuse
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if refused {
+            return Err(Status::invalid_argument(
+                "resource name nvidia.com/gpu is already taken (test)",
+            ));
+        }
+        let _ = self.accepted.send(request.into_inner());
         Ok(Response::new(Empty {}))
     }
 }
@@ -31,6 +46,7 @@ pub struct FakeKubelet {
     sender: mpsc::UnboundedSender<RegisterRequest>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    refuse: Arc<AtomicUsize>,
 }
 
 impl FakeKubelet {
@@ -42,6 +58,7 @@ impl FakeKubelet {
             sender,
             stop: None,
             task: None,
+            refuse: Arc::new(AtomicUsize::new(0)),
         };
         kubelet.serve();
         kubelet
@@ -52,7 +69,10 @@ impl FakeKubelet {
         let _ = std::fs::remove_file(&socket);
         let listener = UnixListener::bind(&socket).expect("bind kubelet.sock");
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let service = RegistrationServer::new(Recorder(self.sender.clone()));
+        let service = RegistrationServer::new(Recorder {
+            accepted: self.sender.clone(),
+            refuse: self.refuse.clone(),
+        });
         self.task = Some(tokio::spawn(async move {
             Server::builder()
                 .add_service(service)
@@ -82,6 +102,12 @@ impl FakeKubelet {
         self.serve();
     }
 
+    /// Refuses the next `n` registrations.
+    pub fn refuse_next(&self, n: usize) {
+        self.refuse.store(n, Ordering::SeqCst);
+    }
+
+    /// The next registration the kubelet accepted.
     pub async fn next_registration(&mut self) -> RegisterRequest {
         super::within("a RegisterRequest", self.registrations.recv())
             .await

@@ -307,21 +307,12 @@ fn capture_info(
     Ok(())
 }
 
-fn instantiate(
-    exec_out: *mut CUgraphExec,
-    graph: CUgraph,
-    error_node: *mut CUgraphNode,
-    log: *mut c_char,
-    log_size: usize,
-) -> CuResult {
+/// The 5-argument `cuGraphInstantiate`/`_v2`. `phErrorNode` and `logBuffer` are only written on an
+/// instantiation error in the driver, and instantiation cannot fail here, so they are not touched
+/// (which also keeps a caller that holds the CUDA 12 3-argument ABI safe).
+fn instantiate(exec_out: *mut CUgraphExec, graph: CUgraph) -> CuResult {
     ready()?;
     let out = Out::new(exec_out)?;
-    if let Some(o) = Out::optional(error_node) {
-        o.write(std::ptr::null_mut());
-    }
-    if log_size > 0 {
-        sys::write_c_string(log, log_size.min(i32::MAX as usize) as i32, "")?;
-    }
     out.write(p(graph::instantiate(h(graph))?));
     Ok(())
 }
@@ -1243,9 +1234,9 @@ exports! {
         add_kernel_node(phGraphNode, hGraph, dependencies, numDependencies, sys::read(nodeParams)?)
     };
     fn cuGraphInstantiate(phGraphExec: *mut CUgraphExec, hGraph: CUgraph, phErrorNode: *mut CUgraphNode, logBuffer: *mut c_char, bufferSize: usize) [] =>
-        instantiate(phGraphExec, hGraph, phErrorNode, logBuffer, bufferSize);
+        instantiate(phGraphExec, hGraph);
     fn cuGraphInstantiate_v2(phGraphExec: *mut CUgraphExec, hGraph: CUgraph, phErrorNode: *mut CUgraphNode, logBuffer: *mut c_char, bufferSize: usize) [] =>
-        instantiate(phGraphExec, hGraph, phErrorNode, logBuffer, bufferSize);
+        instantiate(phGraphExec, hGraph);
     fn cuGraphInstantiateWithFlags(phGraphExec: *mut CUgraphExec, hGraph: CUgraph, flags: c_ulonglong) [PFN_cuGraphInstantiateWithFlags_v11040] =>
         instantiate_with_flags(phGraphExec, hGraph, flags);
     fn cuGraphInstantiateWithParams(phGraphExec: *mut CUgraphExec, hGraph: CUgraph, instantiateParams: *mut CUDA_GRAPH_INSTANTIATE_PARAMS) [PFN_cuGraphInstantiateWithParams_v12000] =>

@@ -19,7 +19,14 @@ pub struct Machine {
     faults: Faults,
     /// `fork_generation << 32 | (slot index + 1)`; `slot index + 1 == u32::MAX` while registering.
     slot_cache: AtomicU64,
+    /// Monotonic ns before which `mem_info` skips its dead-process scan.
+    next_mem_info_reclaim_ns: AtomicU64,
 }
+
+/// A real driver frees a dead process's memory at once; the simulator finds dead processes by
+/// scanning its process table (a `kill(pid, 0)` and a `/proc` read per live process), so
+/// `mem_info` scans at most this often per process. Allocations that would fail still scan every time.
+const MEM_INFO_RECLAIM_INTERVAL_NS: u64 = 10_000_000;
 
 /// A process's share of one device, as NVML lists it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,6 +139,7 @@ impl Machine {
             driver_version: config.driver_version,
             faults: config.faults,
             slot_cache: AtomicU64::new(0),
+            next_mem_info_reclaim_ns: AtomicU64::new(0),
         };
         // Register while still holding the lock, so a concurrent re-initialisation sees us as live.
         machine.slot()?;
@@ -217,7 +225,21 @@ impl Machine {
         let Ok((spec, state)) = self.device_pair(dev) else {
             return (0, 0);
         };
-        self.reclaim_dead();
+        let now = crate::monotonic_ns();
+        let due = self.next_mem_info_reclaim_ns.load(Ordering::Relaxed);
+        if now >= due
+            && self
+                .next_mem_info_reclaim_ns
+                .compare_exchange(
+                    due,
+                    now + MEM_INFO_RECLAIM_INTERVAL_NS,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            self.reclaim_dead();
+        }
         let used = state.used_bytes.load(Ordering::Acquire).min(spec.mem_bytes);
         (spec.mem_bytes - used, spec.mem_bytes)
     }
