@@ -4,13 +4,25 @@
 //! Regenerate with `tools/gen-abi.sh`; the generated files are committed so a fresh machine needs only
 //! cargo and a C compiler.
 
-#[allow(non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code, clippy::all)]
+#[allow(
+    non_camel_case_types,
+    non_snake_case,
+    non_upper_case_globals,
+    dead_code,
+    clippy::all
+)]
 pub mod cuda {
     //! `cuda.h` types and one `PFN_<name>_v<version>` type per ABI (from `cudaTypedefs.h`).
     include!("generated/cuda.rs");
 }
 
-#[allow(non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code, clippy::all)]
+#[allow(
+    non_camel_case_types,
+    non_snake_case,
+    non_upper_case_globals,
+    dead_code,
+    clippy::all
+)]
 pub mod nvml {
     //! `nvml.h` types, plus one `PFN_<name>` type per declared function and `NVML_FUNCTIONS`.
     include!("generated/nvml.rs");

@@ -63,10 +63,13 @@ pub fn resolve(base: &str, version: i32, flags: u64) -> Lookup {
         return Lookup::NotFound;
     }
     let newest_at_most = |want: PerThread| {
-        all.iter().filter(|e| e.per_thread == want && e.version <= version).max_by_key(|e| e.version)
+        all.iter()
+            .filter(|e| e.per_thread == want && e.version <= version)
+            .max_by_key(|e| e.version)
     };
     if flags & FLAG_PER_THREAD_DEFAULT_STREAM != 0 {
-        if let Some(e) = newest_at_most(PerThread::Ptsz).or_else(|| newest_at_most(PerThread::Ptds)) {
+        if let Some(e) = newest_at_most(PerThread::Ptsz).or_else(|| newest_at_most(PerThread::Ptds))
+        {
             return Lookup::Found(e.symbol);
         }
     }
@@ -83,7 +86,10 @@ pub fn symbols_of(base: &str) -> impl Iterator<Item = &'static str> {
 
 /// The base name of an exported symbol (`cuMemAlloc_v2_ptsz` -> `cuMemAlloc`), if the table knows it.
 pub fn base_of(symbol: &str) -> Option<&'static str> {
-    PROC_TABLE.iter().find(|e| e.symbol == symbol).map(|e| e.base)
+    PROC_TABLE
+        .iter()
+        .find(|e| e.symbol == symbol)
+        .map(|e| e.base)
 }
 
 #[cfg(test)]
@@ -92,34 +98,73 @@ mod tests {
 
     #[test]
     fn picks_newest_abi_not_above_requested_version() {
-        assert_eq!(resolve("cuMemAlloc", 12000, 0), Lookup::Found("cuMemAlloc_v2"));
-        assert_eq!(resolve("cuMemAlloc", 3020, 0), Lookup::Found("cuMemAlloc_v2"));
+        assert_eq!(
+            resolve("cuMemAlloc", 12000, 0),
+            Lookup::Found("cuMemAlloc_v2")
+        );
+        assert_eq!(
+            resolve("cuMemAlloc", 3020, 0),
+            Lookup::Found("cuMemAlloc_v2")
+        );
         assert_eq!(resolve("cuMemAlloc", 3010, 0), Lookup::Found("cuMemAlloc"));
-        assert_eq!(resolve("cuCtxCreate", 11040, 0), Lookup::Found("cuCtxCreate_v3"));
-        assert_eq!(resolve("cuCtxCreate", 12090, 0), Lookup::Found("cuCtxCreate_v4"));
-        assert_eq!(resolve("cuGetProcAddress", 12000, 0), Lookup::Found("cuGetProcAddress_v2"));
-        assert_eq!(resolve("cuGetProcAddress", 11030, 0), Lookup::Found("cuGetProcAddress"));
+        assert_eq!(
+            resolve("cuCtxCreate", 11040, 0),
+            Lookup::Found("cuCtxCreate_v3")
+        );
+        assert_eq!(
+            resolve("cuCtxCreate", 12090, 0),
+            Lookup::Found("cuCtxCreate_v4")
+        );
+        assert_eq!(
+            resolve("cuGetProcAddress", 12000, 0),
+            Lookup::Found("cuGetProcAddress_v2")
+        );
+        assert_eq!(
+            resolve("cuGetProcAddress", 11030, 0),
+            Lookup::Found("cuGetProcAddress")
+        );
     }
 
     #[test]
     fn per_thread_flag_selects_ptsz_and_ptds() {
-        assert_eq!(resolve("cuLaunchKernel", 12000, 2), Lookup::Found("cuLaunchKernel_ptsz"));
-        assert_eq!(resolve("cuLaunchKernel", 12000, 0), Lookup::Found("cuLaunchKernel"));
-        assert_eq!(resolve("cuMemcpyHtoD", 12000, 2), Lookup::Found("cuMemcpyHtoD_v2_ptds"));
+        assert_eq!(
+            resolve("cuLaunchKernel", 12000, 2),
+            Lookup::Found("cuLaunchKernel_ptsz")
+        );
+        assert_eq!(
+            resolve("cuLaunchKernel", 12000, 0),
+            Lookup::Found("cuLaunchKernel")
+        );
+        assert_eq!(
+            resolve("cuMemcpyHtoD", 12000, 2),
+            Lookup::Found("cuMemcpyHtoD_v2_ptds")
+        );
         // No per-thread ABI exists for cuMemAlloc: the flag falls back to the plain one.
-        assert_eq!(resolve("cuMemAlloc", 12000, 2), Lookup::Found("cuMemAlloc_v2"));
+        assert_eq!(
+            resolve("cuMemAlloc", 12000, 2),
+            Lookup::Found("cuMemAlloc_v2")
+        );
     }
 
     #[test]
     fn cuda_12_alias_of_graph_instantiate() {
         // cuda.h 12.x: `#define cuGraphInstantiate cuGraphInstantiateWithFlags`.
-        assert_eq!(resolve("cuGraphInstantiate", 12000, 0), Lookup::Found("cuGraphInstantiateWithFlags"));
-        assert_eq!(resolve("cuGraphInstantiate", 11000, 0), Lookup::Found("cuGraphInstantiate_v2"));
+        assert_eq!(
+            resolve("cuGraphInstantiate", 12000, 0),
+            Lookup::Found("cuGraphInstantiateWithFlags")
+        );
+        assert_eq!(
+            resolve("cuGraphInstantiate", 11000, 0),
+            Lookup::Found("cuGraphInstantiate_v2")
+        );
     }
 
     #[test]
     fn too_old_and_unknown() {
-        assert_eq!(resolve("cuLaunchKernel", 3000, 0), Lookup::VersionNotSufficient);
+        assert_eq!(
+            resolve("cuLaunchKernel", 3000, 0),
+            Lookup::VersionNotSufficient
+        );
         assert_eq!(resolve("cuNoSuchThing", 12000, 0), Lookup::NotFound);
     }
 

@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 /// The workspace root (this crate lives in `<root>/testkit`).
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("testkit has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit has a parent")
+        .to_path_buf()
 }
 
 /// `target/release/libvgpu.so`.
@@ -41,7 +44,9 @@ fn require(path: PathBuf) -> PathBuf {
 pub fn scratch_dir(label: &str) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let dir = root().join("target/test-scratch").join(format!("{label}-{}-{n}", std::process::id()));
+    let dir = root()
+        .join("target/test-scratch")
+        .join(format!("{label}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create scratch dir");
     dir
@@ -60,7 +65,11 @@ impl SimMachine {
     pub fn new(label: &str) -> Self {
         let dir = scratch_dir(label);
         let state_file = dir.join("machine.state");
-        SimMachine { dir, state_file, devices: None }
+        SimMachine {
+            dir,
+            state_file,
+            devices: None,
+        }
     }
 
     pub fn with_devices(mut self, spec: &str) -> Self {
@@ -71,7 +80,10 @@ impl SimMachine {
     /// A command that runs against this machine's simulated driver, without libvgpu.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new(program);
-        cmd.env("LD_LIBRARY_PATH", prepend_path(&sim_dir(), std::env::var_os("LD_LIBRARY_PATH")));
+        cmd.env(
+            "LD_LIBRARY_PATH",
+            prepend_path(&sim_dir(), std::env::var_os("LD_LIBRARY_PATH")),
+        );
         cmd.env("SIMGPU_STATE", &self.state_file);
         match &self.devices {
             Some(spec) => cmd.env("SIMGPU_DEVICES", spec),
@@ -80,7 +92,10 @@ impl SimMachine {
         // A test's environment must not leak limits into the programs it runs.
         for (key, _) in std::env::vars_os() {
             let key = key.to_string_lossy().into_owned();
-            if key.starts_with("CUDA_DEVICE_") || key == "LD_PRELOAD" || key == "CUDA_VISIBLE_DEVICES" {
+            if key.starts_with("CUDA_DEVICE_")
+                || key == "LD_PRELOAD"
+                || key == "CUDA_VISIBLE_DEVICES"
+            {
                 cmd.env_remove(key);
             }
         }
@@ -91,7 +106,10 @@ impl SimMachine {
     pub fn preloaded(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = self.command(program);
         cmd.env("LD_PRELOAD", libvgpu());
-        cmd.env("CUDA_DEVICE_MEMORY_SHARED_CACHE", self.dir.join("region.cache"));
+        cmd.env(
+            "CUDA_DEVICE_MEMORY_SHARED_CACHE",
+            self.dir.join("region.cache"),
+        );
         cmd
     }
 
@@ -113,10 +131,17 @@ fn prepend_path(dir: &Path, old: Option<OsString>) -> OsString {
 /// with `extra` flags (e.g. `["-ldl"]`, or `["-L<sim>", "-lcuda"]`). Recompiled when the source is newer.
 pub fn compile_c(crate_dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
     let src = crate_dir.join("tests/probes").join(format!("{name}.c"));
-    let tag: String = extra.iter().map(|f| f.replace(['/', ' ', '.', '='], "_")).collect();
+    let tag: String = extra
+        .iter()
+        .map(|f| f.replace(['/', ' ', '.', '='], "_"))
+        .collect();
     let out_dir = root().join("target/probes");
     std::fs::create_dir_all(&out_dir).expect("create target/probes");
-    let exe = out_dir.join(format!("{name}{}{}", if tag.is_empty() { "" } else { "-" }, short_hash(&tag)));
+    let exe = out_dir.join(format!(
+        "{name}{}{}",
+        if tag.is_empty() { "" } else { "-" },
+        short_hash(&tag)
+    ));
     if let Err(e) = std::fs::metadata(&src) {
         panic!("probe source {}: {e}", src.display());
     }
@@ -146,7 +171,12 @@ pub fn compile_c(crate_dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
             .args(["-ldl"])
             .output()
             .expect("run cc");
-        assert!(out.status.success(), "cc {}: {}", src.display(), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "cc {}: {}",
+            src.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
         std::fs::rename(&tmp, &exe).expect("install probe");
     }
     exe
@@ -167,7 +197,11 @@ fn short_hash(s: &str) -> String {
 
 /// Run a command to completion, killing it (and failing the test) after `deadline`. A hang is a failure.
 pub fn run(cmd: &mut Command, deadline: Duration) -> Output {
-    let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
     let mut child = child.unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     let started = Instant::now();
     loop {
@@ -203,6 +237,10 @@ pub fn run_ok(cmd: &mut Command, deadline: Duration) -> String {
 /// The project's Python (`.venv`, made by `scripts/setup-python.sh`), with pynvml and cuda-bindings.
 pub fn python() -> PathBuf {
     let py = root().join(".venv/bin/python");
-    assert!(py.exists(), "{} is missing: run `scripts/setup-python.sh` (the README's test command does)", py.display());
+    assert!(
+        py.exists(),
+        "{} is missing: run `scripts/setup-python.sh` (the README's test command does)",
+        py.display()
+    );
     py
 }
