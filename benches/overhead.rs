@@ -3,8 +3,10 @@
 //! one run, and this prints the ratio. Shared machines are noisy: read ratios and added nanoseconds,
 //! not absolute times. Goal from the issue: under 50 ns added per launch and per memory-info call.
 //!
-//! `cargo bench -p vgpu --bench overhead` after `scripts/build-artifacts.sh`. Sizes can be lowered with
-//! VGPU_BENCH_ITERS (default 200000), VGPU_BENCH_LIVE (default 1000000), VGPU_BENCH_PROCS (default 1000).
+//! `cargo bench -p vgpu --bench overhead [ops|live|register]` after `scripts/build-artifacts.sh`.
+//! Sizes: VGPU_BENCH_ITERS (default 200000), VGPU_BENCH_LIVE (default 1000000), VGPU_BENCH_PROCS
+//! (default 250: the simulated machine's process table has 512 entries and counts a process that
+//! opens both simulated libraries twice; the region itself has 1024 slots).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -132,7 +134,7 @@ fn live() {
 }
 
 fn register() {
-    let procs = env_or("VGPU_BENCH_PROCS", 1000).to_string();
+    let procs = env_or("VGPU_BENCH_PROCS", 250).to_string();
     let machine = SimMachine::new("bench-register");
     let parse = |lines: Vec<Vec<String>>| -> Vec<(String, f64)> {
         lines
@@ -149,8 +151,22 @@ fn register() {
     // A real GPU's context is ~300 MiB; a thousand of them do not fit a 40 GiB device, so the
     // simulated contexts are made small here.
     let env = [("SIMGPU_CONTEXT_BYTES", "1048576")];
-    let base = parse(run_env(&machine, false, &["register", &procs], &env));
-    let ours = parse(run_env(&machine, true, &["register", &procs], &env));
+    let base_lines = run_env(&machine, false, &["register", &procs], &env);
+    let ours_lines = run_env(&machine, true, &["register", &procs], &env);
+    for (who, lines) in [("driver", &base_lines), ("libvgpu", &ours_lines)] {
+        if let Some(w) = lines
+            .iter()
+            .find(|w| w.first().map(String::as_str) == Some("register_failed_at"))
+        {
+            println!(
+                "({who}: process #{} could not register: {}; the table stops there)",
+                w[1],
+                w[2..].join(" ")
+            );
+        }
+    }
+    let base = parse(base_lines);
+    let ours = parse(ours_lines);
     let rows: Vec<_> = base
         .iter()
         .zip(&ours)

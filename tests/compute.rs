@@ -325,12 +325,22 @@ fn policy_disable_never_throttles() {
 
 #[test]
 fn a_negative_recent_kernel_holds_launches_until_cleared() {
+    priority_hold(&[("CUDA_DEVICE_SM_LIMIT", "50")]);
+}
+
+#[test]
+fn a_negative_recent_kernel_holds_a_container_without_an_sm_limit_too() {
+    // hami-contract.md 3.6: vgpu honours priority blocking for any limit (HAMi#132).
+    priority_hold(&[("CUDA_DEVICE_MEMORY_LIMIT", "1g")]);
+}
+
+fn priority_hold(env: &[(&str, &str)]) {
     let sim = SimMachine::new("compute-priority");
     let machine = ground_truth(&sim);
     let run = Run::start(
         loop_cmd(
             &sim,
-            &[("CUDA_DEVICE_SM_LIMIT", "50")],
+            env,
             &["--seconds", "5", "--sync", "--kernel", "sleep_500us"],
         ),
         "priority",

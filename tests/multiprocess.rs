@@ -479,6 +479,15 @@ fn a_reused_pid_is_told_apart_from_its_dead_owner() {
     // that belongs to a dead process (hami-contract.md 3.8: pid reuse after a container restart).
     let machine = SimMachine::new("mp-pid-reuse");
     let _dump = DumpOnFailure(machine.region_file());
+    let can = run(
+        Command::new("unshare").args(["--pid", "--fork", "--mount-proc", "true"]),
+        DEADLINE,
+    );
+    assert!(
+        can.status.success(),
+        "this test needs `unshare --pid --fork --mount-proc` (root or CAP_SYS_ADMIN): {}",
+        String::from_utf8_lossy(&can.stderr)
+    );
     let in_namespace = || {
         let mut cmd = machine.preloaded("unshare");
         cmd.envs(limit_env())

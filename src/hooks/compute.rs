@@ -18,10 +18,10 @@
 //! 5. [`LaunchGate::launched`]: a refused launch is refunded; a recorded probe goes in flight and a
 //!    later launch of this process polls it (`cuEventQuery`, then `cuEventElapsedTime`).
 //!
-//! Cost of a launch that is not throttled: the runtime gate (one load), the current-device cache
-//! (`cuCtxGetCurrent` plus a thread-local), and the gate's fast path (relaxed loads, one coarse
-//! clock read, one CAS on the bucket when limited). A limited launch adds a `cuStreamIsCapturing`.
-//! No allocation, lock, formatting or syscall.
+//! Cost of a launch that is not throttled: the runtime gate (one load) and the gate's fast path
+//! (relaxed loads, one coarse clock read). A container with an SM limit adds the current-device
+//! lookup (`cuCtxGetCurrent` plus a thread-local), and a limited launch adds one CAS on the
+//! device's bucket and a `cuStreamIsCapturing`. No allocation, lock, formatting or syscall.
 
 use std::ffi::c_uint;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -58,6 +58,9 @@ pub struct Compute {
     events: [ProbeEvents; crate::limiter::tuning::MAX_PROBES],
     /// Whether the devices' SM counts were learnt (needs the application's `cuInit`).
     sm_counts_known: AtomicBool,
+    /// Whether any device has an SM limit. Without one, a launch's device does not matter (the
+    /// gate only marks `recent_kernel` and stamps `last_kernel_time`), so it is not looked up.
+    any_limit: bool,
 }
 
 #[derive(Default)]
@@ -93,10 +96,13 @@ impl Compute {
                 .max(1)
                 .saturating_mul(1_000_000_000),
         };
+        let gate = LaunchGate::new(&config);
+        let any_limit = gate.limits_any_device();
         Compute {
-            gate: LaunchGate::new(&config),
+            gate,
             events: Default::default(),
             sm_counts_known: AtomicBool::new(false),
+            any_limit,
         }
     }
 
@@ -176,10 +182,14 @@ pub fn launch(
         return submit();
     };
     let compute = rt.compute();
-    if !compute.sm_counts_known.load(Ordering::Relaxed) {
-        compute.learn_sm_counts(rt);
-    }
-    let (device, foreign_context) = resolve_device(rt, &placement);
+    let (device, foreign_context) = if compute.any_limit {
+        if !compute.sm_counts_known.load(Ordering::Relaxed) {
+            compute.learn_sm_counts(rt);
+        }
+        resolve_device(rt, &placement)
+    } else {
+        (NO_DEVICE, None)
+    };
     if compute.gate.enforcing_on(view, device) && capturing(&placement) {
         // Captured work does not run now; the graph's replays pay for it.
         return submit();
@@ -258,7 +268,7 @@ pub fn launch_multi_device(
         return submit(); // the driver's own error
     }
     let compute = rt.compute();
-    if !compute.sm_counts_known.load(Ordering::Relaxed) {
+    if compute.any_limit && !compute.sm_counts_known.load(Ordering::Relaxed) {
         compute.learn_sm_counts(rt);
     }
     // A device appears at most once in the list, so the container's devices bound what we admit;
@@ -276,7 +286,11 @@ pub fn launch_multi_device(
             per_thread: false,
             device_of_stream: true,
         };
-        let (device, foreign_context) = resolve_device(rt, &placement);
+        let (device, foreign_context) = if compute.any_limit {
+            resolve_device(rt, &placement)
+        } else {
+            (NO_DEVICE, None)
+        };
         if compute.gate.enforcing_on(view, device) && capturing(&placement) {
             continue;
         }

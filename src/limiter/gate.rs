@@ -332,6 +332,12 @@ impl LaunchGate {
         }
     }
 
+    /// Whether any device has an SM limit (whatever the policy). When none has, the device of a
+    /// launch does not matter to the gate, and the hooks need not look it up.
+    pub fn limits_any_device(&self) -> bool {
+        self.devices.iter().any(|state| state.params.is_some())
+    }
+
     /// Whether a launch on `device` would be limited now (a limit on the device, and the policy and
     /// `utilization_switch` enforce it). The hooks ask before paying for a stream-capture query:
     /// only a limited launch needs to know that it is being captured.

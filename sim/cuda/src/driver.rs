@@ -207,8 +207,10 @@ impl Driver {
             .ok_or(E::CUDA_ERROR_INVALID_DEVICE)
     }
 
+    /// `SIMGPU_DEVICE_LOST`, or the machine-wide flag `simgpu-ctl lost` sets while we run.
+    #[inline]
     pub(crate) fn device_lost(&self, dev: u32) -> bool {
-        self.machine.faults().device_lost(dev)
+        self.machine.device_lost(dev)
     }
 
     /// Charge a user-visible device allocation: `SIMGPU_FAIL_ALLOC_AT` counts it, then the machine

@@ -223,7 +223,7 @@ fn give_handle(machine: &Machine, spec: &DeviceSpec, out: *mut nvmlDevice_t) -> 
     if out.is_null() {
         return Err(INVALID_ARGUMENT);
     }
-    if machine.faults().device_lost(spec.index) {
+    if machine.device_lost(spec.index) {
         return Err(GPU_IS_LOST);
     }
     put(out, handle_for(spec.index))

@@ -73,7 +73,7 @@ pub fn device(
     let machine = ready(symbol)?;
     let index = index_of(handle).ok_or(INVALID_ARGUMENT)?;
     let spec = machine.device(index).ok_or(INVALID_ARGUMENT)?;
-    if machine.faults().device_lost(index) {
+    if machine.device_lost(index) {
         return Err(GPU_IS_LOST);
     }
     Ok((machine, spec))

@@ -7,7 +7,8 @@
 //!   `NVML_ERROR_UNINITIALIZED`, as is every device call before init.
 //! - Handles are pointers into a static per-device table; anything else is `NVML_ERROR_INVALID_ARGUMENT`,
 //!   as is a NULL out-pointer.
-//! - A device named by `SIMGPU_DEVICE_LOST` is `NVML_ERROR_GPU_IS_LOST` for handle lookups and queries.
+//! - A device named by `SIMGPU_DEVICE_LOST`, or marked lost machine-wide (`simgpu-ctl lost <i> on`, seen
+//!   at once by running processes), is `NVML_ERROR_GPU_IS_LOST` for handle lookups and queries.
 //!   `SIMGPU_SLOW=<nvml symbol>:<µs>` delays that entry point (once the machine is open).
 //! - Memory and processes are machine-wide (every process on the same state file). Utilization comes from
 //!   the device timelines: see [`sampling`].

@@ -17,7 +17,8 @@ use crate::config::MAX_DEVICES;
 
 pub const MAGIC: [u8; 8] = *b"SIMGPUMC";
 /// Bump on any change below; a file of another version is refused, never reinterpreted.
-pub const LAYOUT_VERSION: u32 = 1;
+/// 2: `DeviceState::lost` (the live lost flag `simgpu-ctl lost` sets).
+pub const LAYOUT_VERSION: u32 = 2;
 pub const SPEC_OFFSET: usize = 1024;
 pub const DEVICES_OFFSET: usize = 64 * 1024;
 pub const SPEC_MAX: usize = DEVICES_OFFSET - SPEC_OFFSET;
@@ -55,7 +56,10 @@ pub struct DeviceState {
     pub total_busy_ns: AtomicU64,
     pub launches: AtomicU64,
     _pad2: [u64; 5],
-    _pad3: [u64; 8],
+    /// Non-zero while the device is lost machine-wide (`Machine::set_device_lost`). Read on every
+    /// allocation and launch, written almost never: its own cache line, away from the counters above.
+    pub lost: AtomicU32,
+    _pad3: [u32; 15],
 }
 
 pub const SLOT_FREE: u64 = 0;
@@ -105,6 +109,7 @@ pub const RING_ENTRY_BYTES: usize = std::mem::size_of::<RingEntry>();
 
 const _: () = assert!(std::mem::size_of::<Header>() <= SPEC_OFFSET);
 const _: () = assert!(DEVICE_STATE_BYTES == 256);
+const _: () = assert!(std::mem::offset_of!(DeviceState, lost) == 192);
 const _: () = assert!(SLOT_BYTES == 384);
 const _: () = assert!(RING_ENTRY_BYTES == 32);
 const _: () = assert!(RINGS_OFFSET & 4095 == 0);

@@ -12,6 +12,7 @@
 //!     SIMGPU_DEVICES, SIMGPU_DRIVER_VERSION and the fault variables. A bad config or state file
 //!     prints one stderr line naming the variable/file and returns Err (never panics or exits).
 //! Machine::open(path, Config) -> Result<Machine, SimError>     (tests, tools: a machine of your own)
+//! Machine::attach(path) -> Result<Machine, SimError>   the machine already in `path`, with its own devices
 //! Machine::devices() -> &[DeviceSpec]      DeviceSpec { index, name, uuid, mem_bytes, sms, cc_major,
 //!                                          cc_minor, pci_bus_id, clock_mhz, pci_device_id, pci_subsystem_id }
 //! Machine::device(dev) -> Option<&DeviceSpec>
@@ -36,6 +37,9 @@
 //! Machine::total_busy_ns(dev, pid: Option<u32>) -> u64                cumulative counters
 //! Machine::launches(dev) -> u64
 //! Machine::faults() -> &Faults    should_fail_alloc(), device_lost(dev), slow(symbol), slow_micros(symbol)
+//! Machine::device_lost(dev) -> bool       SIMGPU_DEVICE_LOST names it, or the machine-wide live flag is set;
+//!     every place that honours a lost device asks this (one relaxed load beyond the environment check)
+//! Machine::set_device_lost(dev, bool) -> Result<(), SimError>   the live flag, seen at once by every process
 //! realtime_ns() -> u64            CLOCK_REALTIME ns (NVML timestamps are µs since the epoch)
 //! ```
 //!
@@ -67,7 +71,7 @@ pub enum SimError {
     /// The state file cannot be opened, or is foreign, corrupt, or in use with other devices.
     StateFile(String),
     OutOfMemory,
-    /// `SIMGPU_DEVICE_LOST` names the device.
+    /// The device is lost (`SIMGPU_DEVICE_LOST`, or marked with `Machine::set_device_lost`).
     DeviceLost,
     /// No such device index.
     InvalidDevice,
@@ -80,7 +84,7 @@ impl std::fmt::Display for SimError {
         match self {
             SimError::InvalidConfig(m) | SimError::StateFile(m) => f.write_str(m),
             SimError::OutOfMemory => f.write_str("out of device memory"),
-            SimError::DeviceLost => f.write_str("device lost (SIMGPU_DEVICE_LOST)"),
+            SimError::DeviceLost => f.write_str("device lost"),
             SimError::InvalidDevice => f.write_str("no such device"),
             SimError::ProcessTableFull => {
                 write!(

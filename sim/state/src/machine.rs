@@ -75,6 +75,66 @@ impl Machine {
         };
         let file =
             sys::LockedFile::open_locked(path).map_err(|e| state_err("cannot open and lock", e))?;
+        Machine::open_locked(path, file, config)
+    }
+
+    /// Attach to the machine that already lives in `path`, with the devices it was made for, whatever
+    /// `SIMGPU_DEVICES` says (what a tool like `simgpu-ctl` wants: it must never rebuild a machine).
+    /// No fault variables apply; the driver version is the default. A missing, empty, foreign or
+    /// corrupt file is an error and is left untouched.
+    pub fn attach(path: &Path) -> Result<Machine, SimError> {
+        sys::register_atfork();
+        let state_err = |what: &str, e: std::io::Error| {
+            SimError::StateFile(format!("{}: {what}: {e}", path.display()))
+        };
+        if !path.exists() {
+            return Err(SimError::StateFile(format!(
+                "{}: no simulated machine there (none has been started with this SIMGPU_STATE)",
+                path.display()
+            )));
+        }
+        let file =
+            sys::LockedFile::open_locked(path).map_err(|e| state_err("cannot open and lock", e))?;
+        let size = file.size().map_err(|e| state_err("fstat", e))?;
+        let mut head = vec![0u8; DEVICES_OFFSET];
+        let got = file
+            .read_prefix(&mut head)
+            .map_err(|e| state_err("read", e))?;
+        if size == 0 || got < 8 || head[..8] == [0u8; 8] {
+            return Err(SimError::StateFile(format!(
+                "{}: empty, no simulated machine there yet",
+                path.display()
+            )));
+        }
+        check_header(path, &head[..got], size)?;
+        let spec_len = u32::from_le_bytes([head[20], head[21], head[22], head[23]]) as usize;
+        let spec = head
+            .get(SPEC_OFFSET..SPEC_OFFSET + spec_len)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .ok_or_else(|| {
+                SimError::StateFile(format!("{}: unreadable device spec", path.display()))
+            })?;
+        let devices = crate::config::parse_devices(spec).map_err(|e| {
+            SimError::StateFile(format!("{}: stored device spec: {e}", path.display()))
+        })?;
+        let config = Config {
+            devices,
+            driver_version: crate::config::DEFAULT_DRIVER_VERSION,
+            faults: Faults::none(),
+        };
+        // The stored spec is canonical, so it reads back as the same machine and is never rebuilt.
+        Machine::open_locked(path, file, config)
+    }
+
+    /// `open` once `file` is locked; the lock is released when this returns.
+    fn open_locked(
+        path: &Path,
+        file: sys::LockedFile,
+        config: Config,
+    ) -> Result<Machine, SimError> {
+        let state_err = |what: &str, e: std::io::Error| {
+            SimError::StateFile(format!("{}: {what}: {e}", path.display()))
+        };
         let spec: String = config
             .devices
             .iter()
@@ -167,6 +227,26 @@ impl Machine {
         &self.faults
     }
 
+    /// Whether device `dev` is lost: named by this process's `SIMGPU_DEVICE_LOST`, or marked lost
+    /// machine-wide with [`Machine::set_device_lost`] (by any process, at any time). One relaxed load
+    /// on top of the environment check: cheap enough for every allocation and launch.
+    #[inline]
+    pub fn device_lost(&self, dev: u32) -> bool {
+        self.faults.device_lost(dev)
+            || self
+                .device_pair(dev)
+                .is_ok_and(|(_, state)| state.lost.load(Ordering::Relaxed) != 0)
+    }
+
+    /// Mark device `dev` lost (or recovered) for every process of the machine, from now on: their
+    /// CUDA calls on it fail and NVML answers `NVML_ERROR_GPU_IS_LOST`, as with `SIMGPU_DEVICE_LOST`.
+    /// Memory already allocated stays charged. Clearing does not undo `SIMGPU_DEVICE_LOST`.
+    pub fn set_device_lost(&self, dev: u32, lost: bool) -> Result<(), SimError> {
+        let (_, state) = self.device_pair(dev)?;
+        state.lost.store(lost as u32, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// CLOCK_MONOTONIC in ns: the same clock in every process, the timeline's clock.
     #[inline]
     pub fn now_ns(&self) -> u64 {
@@ -186,7 +266,7 @@ impl Machine {
     #[inline]
     pub fn alloc(&self, dev: u32, bytes: u64) -> Result<(), SimError> {
         let (spec, state) = self.device_pair(dev)?;
-        if self.faults.device_lost(dev) {
+        if self.faults.device_lost(dev) || state.lost.load(Ordering::Relaxed) != 0 {
             return Err(SimError::DeviceLost);
         }
         let slot = self.slot()?;

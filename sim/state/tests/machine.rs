@@ -315,3 +315,86 @@ fn a_killed_process_memory_comes_back() {
     assert_eq!(m.mem_info(0), (2 * GI, 4 * GI));
     assert!(m.processes(0).iter().all(|p| p.pid != child.id()));
 }
+
+#[test]
+fn the_live_lost_flag_is_machine_wide_and_clears() {
+    let path = scratch("live-lost");
+    let a = Machine::open(&path, config("mem=4Gi;mem=2Gi")).unwrap();
+    let b = Machine::open(&path, config("mem=4Gi;mem=2Gi")).unwrap();
+    a.alloc(1, GI).unwrap();
+    assert!(!a.device_lost(1));
+
+    b.set_device_lost(1, true).unwrap();
+    assert!(a.device_lost(1), "a sees b's flag at once");
+    assert!(!a.device_lost(0), "the other device is not lost");
+    assert_eq!(a.alloc(1, 1), Err(SimError::DeviceLost));
+    a.alloc(0, 1).unwrap();
+    // What was allocated before stays charged while the device is lost.
+    assert_eq!(b.mem_info(1), (GI, 2 * GI));
+    // The flag lives in the file, byte for byte where the layout says.
+    let bytes = std::fs::read(&path).unwrap();
+    let at = simgpu_state::layout::DEVICES_OFFSET + simgpu_state::layout::DEVICE_STATE_BYTES + 192;
+    assert_eq!(bytes[at..at + 4], 1u32.to_le_bytes());
+    assert_eq!(bytes[at - 256..at - 256 + 4], [0; 4], "device 0's flag");
+
+    a.set_device_lost(1, false).unwrap();
+    assert!(!b.device_lost(1));
+    b.alloc(1, GI).unwrap();
+    assert_eq!(a.mem_info(1), (0, 2 * GI));
+    assert_eq!(a.set_device_lost(2, true), Err(SimError::InvalidDevice));
+    assert!(!a.device_lost(2));
+}
+
+#[test]
+fn clearing_the_live_flag_does_not_undo_simgpu_device_lost() {
+    let path = scratch("env-lost");
+    let mut lost_env = config("mem=4Gi;mem=2Gi");
+    lost_env.faults = simgpu_state::Faults::from_lookup(
+        &|k| (k == "SIMGPU_DEVICE_LOST").then(|| "0".to_string()),
+        2,
+    )
+    .unwrap();
+    let env = Machine::open(&path, lost_env).unwrap();
+    let plain = Machine::open(&path, config("mem=4Gi;mem=2Gi")).unwrap();
+    assert!(env.device_lost(0) && !plain.device_lost(0));
+    plain.set_device_lost(0, false).unwrap();
+    assert!(env.device_lost(0));
+    assert_eq!(env.alloc(0, 1), Err(SimError::DeviceLost));
+    plain.alloc(0, 1).unwrap();
+}
+
+#[test]
+fn attach_uses_the_stored_devices_and_never_creates_or_rebuilds() {
+    let path = scratch("attach");
+    let spec = "name=NVIDIA L4,mem=3Gi;name=NVIDIA H100 80GB HBM3,sms=7";
+    let owner = Machine::open(&path, config(spec)).unwrap();
+    let tool = Machine::attach(&path).unwrap();
+    assert_eq!(tool.devices(), owner.devices());
+    tool.set_device_lost(1, true).unwrap();
+    assert!(owner.device_lost(1));
+    owner.alloc(0, GI).unwrap();
+    assert_eq!(tool.mem_info(0), (2 * GI, 3 * GI));
+
+    let missing = scratch("attach-missing");
+    match Machine::attach(&missing) {
+        Err(SimError::StateFile(msg)) => assert!(msg.contains("no simulated machine"), "{msg}"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    assert!(!missing.exists(), "attach created a file");
+
+    let empty = scratch("attach-empty");
+    std::fs::write(&empty, b"").unwrap();
+    assert!(matches!(
+        Machine::attach(&empty),
+        Err(SimError::StateFile(_))
+    ));
+    assert_eq!(std::fs::read(&empty).unwrap(), b"");
+
+    let foreign = scratch("attach-foreign");
+    std::fs::write(&foreign, b"somebody else's file").unwrap();
+    match Machine::attach(&foreign) {
+        Err(SimError::StateFile(msg)) => assert!(msg.contains("foreign magic"), "{msg}"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    assert_eq!(std::fs::read(&foreign).unwrap(), b"somebody else's file");
+}
