@@ -194,7 +194,7 @@ impl Runtime {
     pub fn memory_view(&self, device: usize) -> Option<MemoryView> {
         let limit = self.accounting.device_limit(device)?;
         self.accounting
-            .sweep_dead_if_due(crate::sys::monotonic_ns());
+            .sweep_dead_if_due(crate::sys::coarse_monotonic_ns());
         Some(MemoryView {
             limit,
             used: self.accounting.device_used(device),
@@ -213,7 +213,7 @@ impl Runtime {
             self.register_after_fork()?;
         }
         self.accounting
-            .sweep_dead_if_due(crate::sys::monotonic_ns());
+            .sweep_dead_if_due(crate::sys::coarse_monotonic_ns());
         self.accounting
             .charge(device, bytes, kind)
             .map_err(|error| {

@@ -128,7 +128,8 @@ fn run_share(sim: &SimMachine, env: &[(&str, &str)], args: &[&str], device: u32)
 
 #[test]
 fn a_limited_loop_is_throttled_and_an_unlimited_one_is_not() {
-    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<&str>)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
         (
             "limited, synced",
             vec![("CUDA_DEVICE_SM_LIMIT", "20")],

@@ -257,6 +257,9 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
     Ok(opts)
 }
 
+/// One container's share over time, for the plot: (label, target %, share % per bin).
+type Series = (String, f64, Vec<f64>);
+
 /// One table row: one container of one case.
 struct Row {
     case: String,
@@ -268,11 +271,7 @@ struct Row {
 
 /// Runs one case. `unlimited`: the same workload with no SM limit (a memory limit keeps libvgpu's
 /// hooks active), to measure what the workload can reach at all on this host.
-fn run_case(
-    case: &Case,
-    opts: &Options,
-    unlimited: bool,
-) -> (Vec<Row>, Vec<(String, f64, Vec<f64>)>) {
+fn run_case(case: &Case, opts: &Options, unlimited: bool) -> (Vec<Row>, Vec<Series>) {
     let fail = |msg: String| {
         let rows = case
             .containers

@@ -244,7 +244,7 @@ fn estimator_sees_through_queueing_that_inflates_half_the_samples() {
     let entry = CostEntry::default();
     let mut x = 5u64;
     for _ in 0..2000 {
-        let wait = if lcg(&mut x) % 2 == 0 {
+        let wait = if lcg(&mut x).is_multiple_of(2) {
             lcg(&mut x) % (1000 * US)
         } else {
             0

@@ -202,7 +202,7 @@ const _: () = assert!(size_of::<SharedLimiter>() == 2048);
 const _: () = assert!(offset_of!(VgpuExtension, slots) == 1152 + 2048);
 const _: () = assert!(size_of::<VgpuExtension>() == 68_736);
 // The extension starts on a page boundary, so 128-aligned inside it is 128-aligned in the mapping.
-const _: () = assert!((EXTENSION_OFFSET + offset_of!(VgpuExtension, limiter)) % 128 == 0);
+const _: () = assert!((EXTENSION_OFFSET + offset_of!(VgpuExtension, limiter)).is_multiple_of(128));
 
 /// Size of the extension we write.
 pub const EXTENSION_LEN: usize = size_of::<VgpuExtension>();

@@ -523,22 +523,27 @@ impl Region {
             let _ = file.set_permissions(std::fs::Permissions::from_mode(0o666));
         }
         let found = inspect(&file, path, meta.len())?;
+        let mut probe = probe;
+        if let Found::HamiCore = found {
+            // Decide before growing: a file that HAMi-core processes still use must stay exactly
+            // as it is (its slots are read at the file's own length; start times, which only our
+            // extension holds, read as unknown).
+            let len = usize::try_from(meta.len()).unwrap_or(V1_SIZE);
+            let map = Mapping::map_file(&file, len, false).map_err(io_err(path, "map"))?;
+            let file = file.try_clone().map_err(io_err(path, "dup"))?;
+            let current = Region::with_parts(map, file, path, setup, probe);
+            let live = current.live_pids();
+            if !live.is_empty() {
+                return Err(RegionError::HamiCoreInUse {
+                    path: path.to_path_buf(),
+                    pids: live,
+                });
+            }
+            probe = current.probe;
+        }
         grow_file(&file, REGION_FILE_LEN as u64).map_err(io_err(path, "grow"))?;
         let map = Mapping::map_file(&file, REGION_FILE_LEN, true).map_err(io_err(path, "map"))?;
-        let mut region = Region {
-            map,
-            file,
-            path: path.to_path_buf(),
-            setup: setup.clone(),
-            probe,
-            generation: AtomicU64::new(0),
-            notices: Vec::new(),
-            spare_u64: AtomicU64::new(0),
-            spare_u32: AtomicU32::new(0),
-            spare_i32: AtomicI32::new(0),
-            spare_u8: AtomicU8::new(0),
-            spare_limiter: SharedLimiter::default(),
-        };
+        let mut region = Region::with_parts(map, file, path, setup, probe);
         match found {
             Found::Fresh => region.initialise(),
             Found::HamiCore => {
@@ -568,6 +573,29 @@ impl Region {
         );
         drop(lock);
         Ok(region)
+    }
+
+    fn with_parts(
+        map: Mapping,
+        file: File,
+        path: &Path,
+        setup: &RegionSetup,
+        probe: Box<dyn ProcessProbe>,
+    ) -> Region {
+        Region {
+            map,
+            file,
+            path: path.to_path_buf(),
+            setup: setup.clone(),
+            probe,
+            generation: AtomicU64::new(0),
+            notices: Vec::new(),
+            spare_u64: AtomicU64::new(0),
+            spare_u32: AtomicU32::new(0),
+            spare_i32: AtomicI32::new(0),
+            spare_u8: AtomicU8::new(0),
+            spare_limiter: SharedLimiter::default(),
+        }
     }
 
     /// The file's path.

@@ -55,6 +55,20 @@ pub fn monotonic_ns() -> u64 {
         .saturating_add(ts.tv_nsec as u64)
 }
 
+/// `CLOCK_MONOTONIC_COARSE` in nanoseconds: the last clock tick (a few ms of resolution), a few ns to
+/// read. For once-a-second housekeeping on hot paths, where the precise clock's cost would show.
+pub fn coarse_monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC_COARSE exists since Linux 2.6.32.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
 /// Wall-clock seconds since the epoch from `CLOCK_REALTIME_COARSE` (a vDSO read of the last tick:
 /// cheap enough for a launch path that stamps at most once a second).
 pub fn epoch_secs_coarse() -> u64 {
