@@ -1,8 +1,9 @@
 //! libvgpu: GPU memory and compute isolation for containers, loaded with LD_PRELOAD.
 //!
-//! Layout: `sys` holds every `unsafe`/libc call behind safe signatures; `config`, `region`, `accounting`
-//! and `alloc_table` are policy (safe Rust, unit-tested without preloading); `hooks` is the one declarative
-//! list of intercepted symbols and the bodies behind them; `runtime` is the lazily initialised state.
+//! Layout: `sys` holds every `unsafe`/libc call behind safe signatures; `config`, `region`, `accounting`,
+//! `alloc_table` and `limiter` are the policy, re-exported from the `vgpu-policy` crate (safe Rust,
+//! unit-tested without preloading, shared with the tools); `hooks` is the one declarative list of
+//! intercepted symbols and the bodies behind them; `runtime` is the lazily initialised state.
 
 // First, so that every later module sees `log_warn!` and friends by name (they are also exported at
 // the crate root as `crate::log_warn!`).
@@ -11,11 +12,7 @@ pub mod log;
 
 pub mod sys;
 
-pub mod accounting;
-pub mod alloc_table;
-pub mod config;
-pub mod limiter;
-pub mod region;
+pub use vgpu_policy::{accounting, alloc_table, config, limiter, region};
 
 mod devices;
 mod hooks;

@@ -1,8 +1,8 @@
-//! Validating `vgpu run`'s flags with the library's own parser (`vgpu::config`), so that what
+//! Validating `vgpu run`'s flags with the library's own parser (`vgpu_policy::config`), so that what
 //! `vgpu run` accepts is exactly what libvgpu.so will accept from the environment, and a value it
 //! would refuse (failing closed) is refused here, before anything runs.
 
-use vgpu::config::{self, Config};
+use vgpu_policy::config::{self, Config};
 
 /// Bytes, or 0 for "no limit".
 pub fn parse_memory(text: &str) -> Result<u64, String> {

@@ -5,7 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use vgpu::region::{ExtensionInfo, Liveness, ProcessProbe as _, RegionSnapshot, SystemProbe};
+use vgpu_policy::region::{
+    ExtensionInfo, Liveness, ProcessProbe as _, RegionSnapshot, SystemProbe,
+};
 
 /// A region file and the container it belongs to, as far as its path tells.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -173,7 +175,7 @@ impl Snapshot {
     }
 }
 
-/// Reads and decodes one region file with the library's own reader (`vgpu::region`), from a copy of
+/// Reads and decodes one region file with the library's own reader (`vgpu_policy::region`), from a copy of
 /// its bytes.
 pub fn read_snapshot(path: &Path) -> Result<Snapshot, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;

@@ -300,7 +300,7 @@ fn parse_replica_memory(text: &str) -> Option<ReplicaMemory> {
     // The library's own grammar, so a slice never has a size libvgpu.so would refuse. A plain "0" would
     // mean "no limit" there, which a slice must never be.
     // Limits are passed in whole MiB: less than 1 MiB would become "0m", which the library rejects.
-    match vgpu::config::parse_size(text) {
+    match vgpu_policy::config::parse_size(text) {
         Ok(bytes) if bytes >= 1 << 20 => Some(ReplicaMemory::Bytes(bytes)),
         _ => None,
     }

@@ -4,9 +4,6 @@
 //! - `cuda`: exported CUDA symbols with a body (`symbol => body;`). The body takes the symbol's exact
 //!   arguments; its signature comes from the generated `PFN_` type of that ABI (build.rs), and the
 //!   export is checked against `pfn::<symbol>` at compile time.
-//! - `cuda_launch`: exported entry points that run `launch::before_launch` and then the real call,
-//!   without looking at their arguments. Empty: the launch hooks need theirs (the grid, the stream)
-//!   and have bodies in `launch.rs` like any other hook.
 //! - `cuda_uses`: real entry points our own code calls; resolved into the table, not exported.
 //! - `nvml`, `nvml_uses`: the same for NVML.
 //!
@@ -76,7 +73,6 @@ hooks! {
         cuGraphLaunch => launch::graph;
         cuGraphLaunch_ptsz => launch::graph_ptsz;
     }
-    cuda_launch {}
     cuda_uses {
         cuDriverGetVersion,
         cuDeviceGetCount,

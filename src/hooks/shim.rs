@@ -91,7 +91,6 @@ fn caught_panic(symbol: &'static str) {
 macro_rules! hooks {
     (
         cuda { $($c_name:ident => $c_body:path;)* }
-        cuda_launch { $($l_name:ident),* $(,)? }
         cuda_uses { $($cu_name:ident),* $(,)? }
         nvml { $($n_name:ident => $n_body:path;)* }
         nvml_uses { $($nu_name:ident),* $(,)? }
@@ -101,7 +100,6 @@ macro_rules! hooks {
         pub mod exports {
             use super::*;
             $( with_abi!($c_name, emit_cuda_hook, {$c_body}); )*
-            $( with_abi!($l_name, emit_launch_hook, {}); )*
             $( with_abi!($n_name, emit_nvml_hook, {$n_body}); )*
         }
 
@@ -109,7 +107,6 @@ macro_rules! hooks {
         #[allow(non_snake_case)]
         pub struct RealCuda {
             $( pub $c_name: $crate::hooks::pfn::$c_name, )*
-            $( pub $l_name: $crate::hooks::pfn::$l_name, )*
             $( pub $cu_name: $crate::hooks::pfn::$cu_name, )*
         }
 
@@ -124,14 +121,13 @@ macro_rules! hooks {
         impl RealCuda {
             /// A table with nothing in it: every call answers `CUDA_ERROR_NOT_FOUND`.
             pub const EMPTY: RealCuda = RealCuda {
-                $( $c_name: None, )* $( $l_name: None, )* $( $cu_name: None, )*
+                $( $c_name: None, )* $( $cu_name: None, )*
             };
 
             /// Fills the table with `lookup(name)` for every entry (NULL = missing).
             pub fn load(lookup: &mut dyn FnMut(&'static ::std::ffi::CStr) -> *mut ::std::ffi::c_void) -> Self {
                 RealCuda {
                     $( $c_name: $crate::hooks::shim::from_address(lookup($crate::cstr_of!($c_name))), )*
-                    $( $l_name: $crate::hooks::shim::from_address(lookup($crate::cstr_of!($l_name))), )*
                     $( $cu_name: $crate::hooks::shim::from_address(lookup($crate::cstr_of!($cu_name))), )*
                 }
             }
@@ -139,12 +135,10 @@ macro_rules! hooks {
             /// Our hook standing in for `real`, if `real` is the real address of a hooked symbol.
             pub fn hook_for_real_address(&self, real: usize) -> Option<usize> {
                 $( if self.$c_name.map(|f| f as *const () as usize) == Some(real) { return Some(exports::$c_name as *const () as usize); } )*
-                $( if self.$l_name.map(|f| f as *const () as usize) == Some(real) { return Some(exports::$l_name as *const () as usize); } )*
                 None
             }
 
             $( with_abi!($c_name, emit_real_method, {}); )*
-            $( with_abi!($l_name, emit_real_method, {}); )*
             $( with_abi!($cu_name, emit_real_method, {}); )*
         }
 
@@ -174,7 +168,6 @@ macro_rules! hooks {
         /// Our CUDA hook exported under `name`, if we hook that symbol.
         pub fn cuda_hook(name: &[u8]) -> Option<usize> {
             $( if name == stringify!($c_name).as_bytes() { return Some(exports::$c_name as *const () as usize); } )*
-            $( if name == stringify!($l_name).as_bytes() { return Some(exports::$l_name as *const () as usize); } )*
             None
         }
 
@@ -187,7 +180,7 @@ macro_rules! hooks {
         /// Every symbol we export as a hook (not `dlsym`), in list order.
         #[allow(dead_code)]
         pub const HOOKED_SYMBOLS: &[&str] = &[
-            $( stringify!($c_name), )* $( stringify!($l_name), )* $( stringify!($n_name), )*
+            $( stringify!($c_name), )* $( stringify!($n_name), )*
         ];
     };
 }
@@ -238,27 +231,6 @@ macro_rules! emit_nvml_hook {
                 }),
                 // SAFETY: as above; the real function has this exact signature.
                 None => unsafe { $crate::hooks::real_nvml().$name($($arg),*) },
-            }
-        }
-        const _: $crate::hooks::pfn::$name = Some($name);
-    };
-}
-
-/// One launch export: `launch::before_launch` decides (admit, wait, or refuse), then the real call.
-macro_rules! emit_launch_hook {
-    ({} $name:ident, ($($arg:ident : $ty:ty),* $(,)?), $ret:ty) => {
-        #[no_mangle]
-        pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
-            match $crate::hooks::shim::Entered::enter() {
-                Some(_entered) => $crate::hooks::shim::firewall(stringify!($name), move || {
-                    match $crate::hooks::launch::before_launch() {
-                        // SAFETY: the C caller's arguments, passed on unchanged.
-                        Ok(()) => unsafe { $crate::hooks::real_cuda().$name($($arg),*) },
-                        Err(code) => code,
-                    }
-                }),
-                // SAFETY: as above.
-                None => unsafe { $crate::hooks::real_cuda().$name($($arg),*) },
             }
         }
         const _: $crate::hooks::pfn::$name = Some($name);

@@ -2,11 +2,10 @@
 //!
 //! The few calls that fit no topic of their own (stderr, ids, the clock) are at the bottom of this file.
 
+pub use vgpu_policy::sys::{lock, mmap, proc_info};
+
 pub mod dl;
 pub mod env;
-pub mod lock;
-pub mod mmap;
-pub mod proc_info;
 
 /// Writes `bytes` to stderr with as few `write(2)` calls as the kernel allows. Errors are ignored: there
 /// is nowhere left to report them, and a closed stderr must not hurt the host.
