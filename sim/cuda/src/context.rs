@@ -7,7 +7,7 @@
 use vgpu_abi::cuda::cudaError_enum as E;
 
 use crate::driver::{self, driver, Driver, State};
-use crate::error::{from_sim, CuResult};
+use crate::error::CuResult;
 use crate::handles::Handle;
 use crate::{memory, stream};
 
@@ -65,10 +65,8 @@ fn make(drv: &Driver, state: &mut State, dev: u32, flags: u32, primary: bool) ->
     if drv.device_lost(dev) {
         return Err(E::CUDA_ERROR_DEVICE_UNAVAILABLE);
     }
-    drv.machine
-        .alloc(dev, drv.context_bytes)
-        .map_err(from_sim)?;
-    drv.machine.context_created(dev);
+    drv.charge_internal(dev, drv.context_bytes)?;
+    drv.context_created(dev);
     let id = state.next_id();
     let ctx = state.contexts.insert(Context {
         device: dev,
@@ -97,7 +95,7 @@ fn destroy(drv: &Driver, state: &mut State, ctx: Handle) {
     stream::remove_context_streams(state, ctx);
     state.contexts.remove(ctx);
     drv.uncharge(device, drv.context_bytes);
-    drv.machine.context_destroyed(device);
+    drv.context_destroyed(device);
     driver::forget_context(ctx);
 }
 

@@ -20,9 +20,13 @@ use crate::{context, graph, memory, module, stream, sys};
 /// what a CUDA 12 context takes on an A100 (runtime, module and stack reservations).
 pub(crate) const DEFAULT_CONTEXT_BYTES: u64 = 304 << 20;
 
-/// What the driver knows of one device beyond its spec.
+/// What the driver knows of one device beyond its spec. `Driver::devices` is indexed by CUDA ordinal,
+/// which `CUDA_VISIBLE_DEVICES` may map to any of the machine's devices.
 pub(crate) struct Device {
+    /// The machine's device (its `index` is the machine's, not the CUDA ordinal).
     pub spec: DeviceSpec,
+    /// Where the machine (memory, timeline, lost flag, NVML) has this device: `spec.index`.
+    pub machine_index: u32,
     /// The NVML UUID string's 32 hex digits as the 16 raw bytes `cuDeviceGetUuid` returns.
     pub uuid: [u8; 16],
     /// (domain, bus, device, function)
@@ -30,7 +34,10 @@ pub(crate) struct Device {
 }
 
 pub(crate) struct Driver {
-    pub machine: &'static Machine,
+    /// Private: every call that names a device goes through a `Driver` method, which turns the CUDA
+    /// ordinal into the machine's index.
+    machine: &'static Machine,
+    /// By CUDA ordinal: the devices `CUDA_VISIBLE_DEVICES` shows, in its order.
     pub devices: Vec<Device>,
     /// Device memory charged per context (`SIMGPU_CONTEXT_BYTES`).
     pub context_bytes: u64,
@@ -105,7 +112,11 @@ pub(crate) fn init(flags: u32) -> CuResult {
         return Ok(());
     }
     let machine = machine()?;
-    if machine.devices().is_empty() {
+    let uuids: Vec<&str> = machine.devices().iter().map(|d| d.uuid.as_str()).collect();
+    let visible_var =
+        std::env::var_os("CUDA_VISIBLE_DEVICES").map(|v| v.to_string_lossy().into_owned());
+    let visible = crate::visible::visible_devices(visible_var.as_deref(), &uuids);
+    if visible.is_empty() {
         return Err(E::CUDA_ERROR_NO_DEVICE);
     }
     let context_bytes = match std::env::var("SIMGPU_CONTEXT_BYTES") {
@@ -118,12 +129,13 @@ pub(crate) fn init(flags: u32) -> CuResult {
         },
         _ => DEFAULT_CONTEXT_BYTES,
     };
-    let devices: Vec<Device> = machine
-        .devices()
+    let devices: Vec<Device> = visible
         .iter()
+        .filter_map(|index| machine.device(*index))
         .map(|spec| Device {
             uuid: uuid_bytes(&spec.uuid),
             pci: spec.pci_parts(),
+            machine_index: spec.index,
             spec: spec.clone(),
         })
         .collect();
@@ -207,10 +219,20 @@ impl Driver {
             .ok_or(E::CUDA_ERROR_INVALID_DEVICE)
     }
 
-    /// `SIMGPU_DEVICE_LOST`, or the machine-wide flag `simgpu-ctl lost` sets while we run.
+    /// The machine's index of CUDA ordinal `dev`; `u32::MAX`, which the machine rejects as no such
+    /// device, for an ordinal we do not have.
+    #[inline]
+    fn on_machine(&self, dev: u32) -> u32 {
+        self.devices
+            .get(dev as usize)
+            .map_or(u32::MAX, |d| d.machine_index)
+    }
+
+    /// `SIMGPU_DEVICE_LOST` (which names machine indices), or the machine-wide flag `simgpu-ctl lost`
+    /// sets while we run.
     #[inline]
     pub(crate) fn device_lost(&self, dev: u32) -> bool {
-        self.machine.device_lost(dev)
+        self.machine.device_lost(self.on_machine(dev))
     }
 
     /// Charge a user-visible device allocation: `SIMGPU_FAIL_ALLOC_AT` counts it, then the machine
@@ -219,13 +241,46 @@ impl Driver {
         if self.machine.faults().should_fail_alloc() {
             return Err(E::CUDA_ERROR_OUT_OF_MEMORY);
         }
-        self.machine.alloc(dev, bytes).map_err(from_sim)
+        self.charge_internal(dev, bytes)
+    }
+
+    /// Charge driver-internal device memory (contexts, module globals): `SIMGPU_FAIL_ALLOC_AT` does
+    /// not count it.
+    pub(crate) fn charge_internal(&self, dev: u32, bytes: u64) -> CuResult {
+        self.machine
+            .alloc(self.on_machine(dev), bytes)
+            .map_err(from_sim)
     }
 
     pub(crate) fn uncharge(&self, dev: u32, bytes: u64) {
         if bytes > 0 {
-            self.machine.free(dev, bytes);
+            self.machine.free(self.on_machine(dev), bytes);
         }
+    }
+
+    /// `(free, total)` of device `dev`, machine-wide.
+    pub(crate) fn mem_info(&self, dev: u32) -> (u64, u64) {
+        self.machine.mem_info(self.on_machine(dev))
+    }
+
+    pub(crate) fn context_created(&self, dev: u32) {
+        self.machine.context_created(self.on_machine(dev));
+    }
+
+    pub(crate) fn context_destroyed(&self, dev: u32) {
+        self.machine.context_destroyed(self.on_machine(dev));
+    }
+
+    /// Reserve `duration_ns` of device `dev`'s timeline, shared by every process (`Machine::launch`).
+    #[inline]
+    pub(crate) fn launch(&self, dev: u32, duration_ns: u64, not_before_ns: u64) -> (u64, u64) {
+        self.machine
+            .launch(self.on_machine(dev), duration_ns, not_before_ns)
+    }
+
+    #[inline]
+    pub(crate) fn now_ns(&self) -> u64 {
+        self.machine.now_ns()
     }
 
     pub(crate) fn wait_until(&self, ns: u64) {

@@ -24,6 +24,7 @@ mod proc_address;
 mod ranges;
 mod stream;
 mod sys;
+mod visible;
 mod vmm;
 
 /// Names of every exported entry point (for tests and tools that compare against `nm -D`).

@@ -307,9 +307,7 @@ pub(crate) fn alloc_in(
     low: bool,
 ) -> CuResult<u64> {
     if kind == AllocKind::Global {
-        drv.machine
-            .alloc(device, bytes)
-            .map_err(crate::error::from_sim)?;
+        drv.charge_internal(device, bytes)?;
     } else {
         drv.charge_allocation(device, bytes)?;
     }
@@ -425,7 +423,7 @@ pub(crate) fn free_context_memory(drv: &Driver, state: &mut State, ctx: Handle) 
 pub(crate) fn info() -> CuResult<(u64, u64)> {
     let drv = driver()?;
     let device = drv.lock().current_device()?;
-    Ok(drv.machine.mem_info(device))
+    Ok(drv.mem_info(device))
 }
 
 /// `cuMemGetAddressRange`: the allocation (or mapping) containing `ptr`.
@@ -815,11 +813,10 @@ pub(crate) fn pool_create(props: vgpu_abi::cuda::CUmemPoolProps) -> CuResult<Han
     if props.allocType.0 != 1 || props.location.type_.0 != 1 {
         return Err(E::CUDA_ERROR_INVALID_VALUE);
     }
-    let device = drv
-        .device(props.location.id)
+    drv.device(props.location.id)
         .map_err(|_| E::CUDA_ERROR_INVALID_VALUE)?;
-    let index = device.spec.index;
-    Ok(drv.lock().pools.insert(Pool::new(index, false)))
+    let ordinal = props.location.id as u32;
+    Ok(drv.lock().pools.insert(Pool::new(ordinal, false)))
 }
 
 pub(crate) fn pool_destroy(pool: Handle) -> CuResult {

@@ -192,7 +192,7 @@ pub(crate) fn schedule(
         return Err(E::CUDA_ERROR_LAUNCH_FAILED);
     }
     let not_before = ready_at(state, stream);
-    let (start, end) = drv.machine.launch(device, duration_ns, not_before);
+    let (start, end) = drv.launch(device, duration_ns, not_before);
     enqueue(state, stream, end);
     Ok((start, end))
 }
@@ -270,7 +270,7 @@ pub(crate) fn query(stream: Handle, per_thread_default: bool) -> CuResult {
     let mut state = drv.lock();
     let s = resolve(&mut state, stream, per_thread_default)?;
     graph::refuse_while_capturing(&mut state, s)?;
-    if ready_at(&state, s) <= drv.machine.now_ns() {
+    if ready_at(&state, s) <= drv.now_ns() {
         Ok(())
     } else {
         Err(E::CUDA_ERROR_NOT_READY)
@@ -394,7 +394,7 @@ pub(crate) fn event_record(
     let capture = state.streams.get(s).and_then(|s| s.capture);
     let time = match capture {
         Some(_) => None,
-        None => Some(ready_at(&state, s).max(drv.machine.now_ns())),
+        None => Some(ready_at(&state, s).max(drv.now_ns())),
     };
     if let Some(e) = state.events.get_mut(event) {
         e.time_ns = time;
@@ -419,7 +419,7 @@ pub(crate) fn event_query(event: Handle) -> CuResult {
     let drv = driver()?;
     let time = event_time(&drv.lock(), event)?;
     match time {
-        Some(t) if t > drv.machine.now_ns() => Err(E::CUDA_ERROR_NOT_READY),
+        Some(t) if t > drv.now_ns() => Err(E::CUDA_ERROR_NOT_READY),
         _ => Ok(()),
     }
 }
@@ -457,7 +457,7 @@ pub(crate) fn elapsed_ms(start: Handle, end: Handle) -> CuResult<f32> {
     let (Some(ta), Some(tb)) = (a.time_ns, b.time_ns) else {
         return Err(E::CUDA_ERROR_INVALID_HANDLE);
     };
-    let now = drv.machine.now_ns();
+    let now = drv.now_ns();
     if ta > now || tb > now {
         return Err(E::CUDA_ERROR_NOT_READY);
     }

@@ -24,7 +24,7 @@ fn check_prop(drv: &Driver, prop: &CUmemAllocationProp) -> CuResult<u32> {
     }
     drv.device(prop.location.id)
         .map_err(|_| E::CUDA_ERROR_INVALID_DEVICE)
-        .map(|d| d.spec.index)
+        .map(|_| prop.location.id as u32)
 }
 
 pub(crate) fn granularity(prop: &CUmemAllocationProp, option: u32) -> CuResult<u64> {

@@ -4,7 +4,7 @@
 //! offset 0        Header (magic "SIMGPUMC", layout version, sizes, spec hash)
 //! offset 1024     the canonical device spec, UTF-8, `spec_len` bytes (one device per line)
 //! offset 64 KiB   DeviceState x MAX_DEVICES   (256 B each: hot counters on their own cache lines)
-//! DEVICES_END     SlotState x MAX_SLOTS       (the process table, 384 B each)
+//! DEVICES_END     SlotState x MAX_SLOTS       (the process table, 384 B each; one entry per process)
 //! SLOTS_END       RingEntry x RING_CAPACITY per configured device (32 B each: start, end, pid)
 //! ```
 //!
@@ -18,12 +18,14 @@ use crate::config::MAX_DEVICES;
 pub const MAGIC: [u8; 8] = *b"SIMGPUMC";
 /// Bump on any change below; a file of another version is refused, never reinterpreted.
 /// 2: `DeviceState::lost` (the live lost flag `simgpu-ctl lost` sets).
-pub const LAYOUT_VERSION: u32 = 2;
+/// 3: 4096 process slots (was 512), `Header::slot_high_water`.
+pub const LAYOUT_VERSION: u32 = 3;
 pub const SPEC_OFFSET: usize = 1024;
 pub const DEVICES_OFFSET: usize = 64 * 1024;
 pub const SPEC_MAX: usize = DEVICES_OFFSET - SPEC_OFFSET;
-/// Processes that can be attached at once (dead ones are reclaimed).
-pub const MAX_SLOTS: usize = 512;
+/// Processes that can be attached at once (dead ones are reclaimed). A process takes one slot
+/// however many copies of the machine it opens (libcuda and libnvidia-ml each carry one).
+pub const MAX_SLOTS: usize = 4096;
 /// Busy intervals kept per device: 2^18 covers 13 s of back-to-back 50 µs kernels.
 pub const RING_CAPACITY: u64 = 1 << 18;
 
@@ -39,6 +41,10 @@ pub struct Header {
     pub spec_hash: u64,
     /// Incremented each time the file is (re)initialised: tools can tell a fresh machine apart.
     pub init_generation: AtomicU64,
+    /// 1 + the highest slot index ever claimed: scans of the process table stop there, so a
+    /// machine that never had more than a few processes does not walk all `MAX_SLOTS` entries.
+    /// Only grows (slots never move); a reader clamps it to `MAX_SLOTS`.
+    pub slot_high_water: AtomicU32,
 }
 
 /// One device's machine-wide counters.
@@ -108,6 +114,13 @@ pub const RINGS_OFFSET: usize = SLOTS_OFFSET + MAX_SLOTS * SLOT_BYTES;
 pub const RING_ENTRY_BYTES: usize = std::mem::size_of::<RingEntry>();
 
 const _: () = assert!(std::mem::size_of::<Header>() <= SPEC_OFFSET);
+// `check_header` reads the fields before the atomics by these offsets.
+const _: () = assert!(std::mem::offset_of!(Header, version) == 8);
+const _: () = assert!(std::mem::offset_of!(Header, slot_count) == 16);
+const _: () = assert!(std::mem::offset_of!(Header, ring_capacity) == 24);
+const _: () = assert!(std::mem::offset_of!(Header, file_bytes) == 32);
+const _: () = assert!(std::mem::offset_of!(Header, init_generation) == 48);
+const _: () = assert!(std::mem::offset_of!(Header, slot_high_water) == 56);
 const _: () = assert!(DEVICE_STATE_BYTES == 256);
 const _: () = assert!(std::mem::offset_of!(DeviceState, lost) == 192);
 const _: () = assert!(SLOT_BYTES == 384);

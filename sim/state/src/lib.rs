@@ -21,6 +21,7 @@
 //!     charges the device machine-wide (CAS against capacity) and this process's slot; lock-free.
 //!     Does NOT count SIMGPU_FAIL_ALLOC_AT: call faults().should_fail_alloc() once per allocation.
 //! Machine::free(dev, bytes)                 gives back at most what this process holds on dev
+//!     (all copies of the machine in one process share its slot, so that is the process's total)
 //! Machine::mem_info(dev) -> (free, total)   machine-wide, after reclaiming dead processes
 //! Machine::process_used(dev) -> u64         this process's bytes on dev
 //! Machine::context_created(dev) / context_destroyed(dev)   NVML lists processes with a context
@@ -48,10 +49,12 @@
 //! The state file (layout in [`layout`]) is created and sized by the first process under an
 //! exclusive `flock`, with a magic and layout version; a foreign, corrupt or other-version file is
 //! refused with a clear error. Device memory, device timelines and the busy rings live in it and
-//! change only through atomics. Each process claims a slot in the process table (pid plus
-//! `/proc/<pid>/stat` start time, so a reused pid is told apart); slots of processes that have exited
-//! or were killed are reclaimed, and their memory given back, when a process registers, when an
-//! allocation would fail, and when memory or processes are listed.
+//! change only through atomics. Each process claims one slot in the process table (pid plus
+//! `/proc/<pid>/stat` start time, so a reused pid is told apart); a second copy of the machine in
+//! the same process (libcuda and libnvidia-ml each link one) shares that slot. Slots of processes
+//! that have exited or were killed are reclaimed, and their memory given back, when an allocation
+//! would fail, when memory or processes are listed, and when a registering process finds the
+//! table full.
 
 pub mod config;
 pub mod faults;

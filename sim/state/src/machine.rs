@@ -14,6 +14,9 @@ use crate::SimError;
 pub struct Machine {
     map: sys::Mapping,
     path: PathBuf,
+    /// The state file's device and inode, to lock that same file again when registering after a
+    /// fork (`None` if fstat failed: registration then goes without the lock).
+    file_identity: Option<sys::FileIdentity>,
     devices: Vec<DeviceSpec>,
     driver_version: i32,
     faults: Faults,
@@ -44,6 +47,13 @@ pub struct BusyInterval {
 }
 
 const REGISTERING: u64 = u32::MAX as u64;
+
+/// Whether the caller of `register` already holds the state file's lock.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FileLock {
+    Held,
+    Take,
+}
 
 impl Machine {
     /// The process-wide machine, opened on first use from `SIMGPU_STATE` and `SIMGPU_DEVICES`
@@ -195,6 +205,7 @@ impl Machine {
         let machine = Machine {
             map,
             path: path.to_path_buf(),
+            file_identity: file.identity().ok(),
             devices: config.devices,
             driver_version: config.driver_version,
             faults: config.faults,
@@ -202,7 +213,8 @@ impl Machine {
             next_mem_info_reclaim_ns: AtomicU64::new(0),
         };
         // Register while still holding the lock, so a concurrent re-initialisation sees us as live.
-        machine.slot()?;
+        let generation = sys::FORK_GENERATION.load(Ordering::Relaxed) as u64;
+        machine.register(generation, FileLock::Held)?;
         drop(file);
         Ok(machine)
     }
@@ -288,10 +300,14 @@ impl Machine {
             return;
         };
         let Ok(slot) = self.slot() else { return };
-        let mine = &slot.used_bytes[dev as usize];
-        // Only this process writes its slot while it lives, so load-then-subtract cannot race.
-        let amount = bytes.min(mine.load(Ordering::Relaxed));
-        mine.fetch_sub(amount, Ordering::Relaxed);
+        // Every thread of the process, and both copies of the machine in it, share the slot: take
+        // at most what it holds in one atomic step, so two racing frees cannot go below zero.
+        let held = slot.used_bytes[dev as usize]
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                Some(held - bytes.min(held))
+            })
+            .unwrap_or(0);
+        let amount = bytes.min(held);
         let _ = state
             .used_bytes
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |u| {
@@ -604,8 +620,9 @@ impl Machine {
         (0..self.devices.len() as u32).filter_map(|d| self.device_pair(d).ok().map(|(_, s)| s))
     }
 
+    /// Every slot that has ever been claimed (up to the high-water mark).
     fn slots(&self) -> impl Iterator<Item = &SlotState> {
-        (0..MAX_SLOTS).map(|i| self.slot_at(i))
+        (0..slot_limit(&self.map)).map(|i| self.slot_at(i))
     }
 
     fn slot_at(&self, i: usize) -> &SlotState {
@@ -628,11 +645,11 @@ impl Machine {
         if cached >> 32 == generation && cached as u32 as u64 != REGISTERING && cached as u32 != 0 {
             return Ok(self.slot_at(cached as u32 as usize - 1));
         }
-        self.register(generation)
+        self.register(generation, FileLock::Take)
     }
 
     #[cold]
-    fn register(&self, generation: u64) -> Result<&SlotState, SimError> {
+    fn register(&self, generation: u64, lock: FileLock) -> Result<&SlotState, SimError> {
         loop {
             let cached = self.slot_cache.load(Ordering::Acquire);
             if cached >> 32 == generation {
@@ -653,9 +670,29 @@ impl Machine {
             {
                 continue;
             }
-            // Registration is rare (once per process and fork): a good moment to clear out the dead.
-            self.reclaim_dead();
-            let result = self.claim_slot();
+            let result = {
+                // The other copy of the machine in this process (libcuda and libnvidia-ml each link
+                // one) registers under the same lock, so the two cannot both miss each other's slot
+                // and claim two. Without the lock (the file was replaced) they still stay correct,
+                // only possibly with two slots.
+                let _locked = match lock {
+                    FileLock::Held => None,
+                    FileLock::Take => self
+                        .file_identity
+                        .and_then(|id| sys::LockedFile::reopen_locked(&self.path, id)),
+                };
+                match self.find_or_claim_slot() {
+                    // Dead processes may still hold slots. Finding them costs a `/proc` read per
+                    // live slot (a thousand processes registering at once would spend seconds on it),
+                    // so registration looks only when the table is full; memory of the dead comes back
+                    // anyway when anyone lists memory or processes, or an allocation would fail.
+                    Err(SimError::ProcessTableFull) => {
+                        self.reclaim_dead();
+                        self.find_or_claim_slot()
+                    }
+                    other => other,
+                }
+            };
             let word = match &result {
                 Ok(index) => generation << 32 | (*index as u64 + 1),
                 Err(_) => generation << 32, // not registered: the next call tries again
@@ -665,9 +702,20 @@ impl Machine {
         }
     }
 
-    fn claim_slot(&self) -> Result<usize, SimError> {
+    /// The slot of this process: the one its other copy of the machine already holds (same pid
+    /// and start time), or a free one. Both copies then charge the same counters, which are
+    /// atomics, and the slot is reclaimed only once the process is dead.
+    fn find_or_claim_slot(&self) -> Result<usize, SimError> {
         let pid = sys::getpid();
         let start_time = sys::process_start_time(pid).unwrap_or(0);
+        let live = owner_word(SLOT_LIVE, pid);
+        for (i, slot) in self.slots().enumerate() {
+            if slot.owner.load(Ordering::Acquire) == live
+                && slot.start_time.load(Ordering::Relaxed) == start_time
+            {
+                return Ok(i);
+            }
+        }
         for i in 0..MAX_SLOTS {
             let slot = self.slot_at(i);
             if slot.owner.load(Ordering::Relaxed) != 0 {
@@ -681,10 +729,13 @@ impl Machine {
             {
                 continue;
             }
+            // Scans stop at the high-water mark: raise it before anyone can depend on the slot.
+            header_of(&self.map)
+                .slot_high_water
+                .fetch_max(i as u32 + 1, Ordering::AcqRel);
             clear_slot(slot);
             slot.start_time.store(start_time, Ordering::Relaxed);
-            slot.owner
-                .store(owner_word(SLOT_LIVE, pid), Ordering::Release);
+            slot.owner.store(live, Ordering::Release);
             return Ok(i);
         }
         Err(SimError::ProcessTableFull)
@@ -765,9 +816,14 @@ fn check_header(path: &Path, head: &[u8], size: u64) -> Result<(), SimError> {
     Ok(())
 }
 
+/// 1 + the highest slot index ever claimed in `map`, at most `MAX_SLOTS`.
+fn slot_limit(map: &sys::Mapping) -> usize {
+    (header_of(map).slot_high_water.load(Ordering::Acquire) as usize).min(MAX_SLOTS)
+}
+
 fn live_owner_pids(map: &sys::Mapping) -> Vec<u32> {
     let mut pids = Vec::new();
-    for i in 0..MAX_SLOTS {
+    for i in 0..slot_limit(map) {
         // SAFETY: the slot table lies inside any validated mapping.
         let slot =
             unsafe { &*(map.as_ptr().add(SLOTS_OFFSET + i * SLOT_BYTES) as *const SlotState) };

@@ -3,7 +3,7 @@
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 
 pub fn uid() -> u32 {
     // SAFETY: getuid has no preconditions and cannot fail.
@@ -116,12 +116,37 @@ pub fn process_alive(pid: u32, start_time: u64) -> bool {
     }
 }
 
+/// A file's device and inode number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileIdentity {
+    dev: u64,
+    ino: u64,
+}
+
 /// An open state file holding an exclusive `flock` until dropped (the kernel drops it if we die).
 pub struct LockedFile {
     fd: libc::c_int,
+    /// Our entry in `HELD_LOCK_FDS`, if there was room.
+    tracked: Option<usize>,
 }
 
+/// The fds of every `LockedFile` open in this process (this copy of the library), so that a fork
+/// child can close its copies. A child forked while another thread holds the lock shares the
+/// locked open file description: it would keep the lock for as long as it lives (the thread that
+/// would drop it does not exist in the child), and every other process, the child itself included,
+/// would wait for it. Closing the child's copy leaves the lock with the parent, where it belongs.
+static HELD_LOCK_FDS: [AtomicI32; 8] = [const { AtomicI32::new(-1) }; 8];
+
 impl LockedFile {
+    /// Own `fd` (open, not yet locked) and note it for `after_fork_in_child`.
+    fn track(fd: libc::c_int) -> LockedFile {
+        let tracked = HELD_LOCK_FDS.iter().position(|held| {
+            held.compare_exchange(-1, fd, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        });
+        LockedFile { fd, tracked }
+    }
+
     /// Open (creating with mode 0666 if missing) and lock `path` exclusively.
     pub fn open_locked(path: &Path) -> std::io::Result<LockedFile> {
         let c_path = CString::new(path.as_os_str().as_bytes()).map_err(|_| {
@@ -138,7 +163,7 @@ impl LockedFile {
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let file = LockedFile { fd };
+        let file = LockedFile::track(fd);
         loop {
             // SAFETY: fd is open.
             if unsafe { libc::flock(fd, libc::LOCK_EX) } == 0 {
@@ -152,14 +177,56 @@ impl LockedFile {
         Ok(file)
     }
 
-    pub fn size(&self) -> std::io::Result<u64> {
+    /// Open the existing file at `path` (never creating it) and lock it exclusively, if it is still
+    /// the file `identity` names. `None` when the path is gone or now names another file.
+    ///
+    /// A lock of our own open file description: it excludes every other description of the file,
+    /// those of this process included (two copies of the machine in one process exclude each
+    /// other), and the kernel drops it if we die.
+    pub fn reopen_locked(path: &Path, identity: FileIdentity) -> Option<LockedFile> {
+        let c_path = CString::new(path.as_os_str().as_bytes()).ok()?;
+        // SAFETY: a valid C string; no O_CREAT, so a missing file is an error, not a new file.
+        let fd = unsafe { libc::open(c_path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return None;
+        }
+        let file = LockedFile::track(fd);
+        if file.identity().ok()? != identity {
+            return None;
+        }
+        loop {
+            // SAFETY: fd is open.
+            if unsafe { libc::flock(fd, libc::LOCK_EX) } == 0 {
+                return Some(file);
+            }
+            if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                return None;
+            }
+        }
+    }
+
+    fn stat(&self) -> std::io::Result<libc::stat> {
         // SAFETY: fstat writes into a zeroed stat buffer we own.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: fd is open, `st` is a valid out-pointer.
         if unsafe { libc::fstat(self.fd, &mut st) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(st.st_size as u64)
+        Ok(st)
+    }
+
+    pub fn size(&self) -> std::io::Result<u64> {
+        Ok(self.stat()?.st_size as u64)
+    }
+
+    /// Which file this is (device and inode), to recognise it when the path is opened again.
+    #[allow(clippy::unnecessary_cast)] // dev_t and ino_t are narrower on some targets
+    pub fn identity(&self) -> std::io::Result<FileIdentity> {
+        let st = self.stat()?;
+        Ok(FileIdentity {
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+        })
     }
 
     pub fn set_size(&self, bytes: u64) -> std::io::Result<()> {
@@ -219,7 +286,14 @@ impl LockedFile {
 
 impl Drop for LockedFile {
     fn drop(&mut self) {
-        // SAFETY: we own the fd; closing it drops the flock.
+        // Unlock first: a child forked from here on inherits an unlocked description, harmless
+        // even after we stop tracking the fd.
+        // SAFETY: we own the fd; unlocking a description that holds no lock is a no-op.
+        unsafe { libc::flock(self.fd, libc::LOCK_UN) };
+        if let Some(i) = self.tracked {
+            HELD_LOCK_FDS[i].store(-1, Ordering::Release);
+        }
+        // SAFETY: we own the fd.
         unsafe { libc::close(self.fd) };
     }
 }
@@ -255,6 +329,15 @@ pub static FORK_GENERATION: AtomicU32 = AtomicU32::new(1);
 
 extern "C" fn after_fork_in_child() {
     FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
+    for held in &HELD_LOCK_FDS {
+        let fd = held.swap(-1, Ordering::AcqRel);
+        if fd >= 0 {
+            // SAFETY: the child's copy of an fd a parent thread holds; the `LockedFile` owning it
+            // belongs to a thread the child does not have, so nothing here closes it again.
+            // close(2) is async-signal-safe, as a fork handler needs.
+            unsafe { libc::close(fd) };
+        }
+    }
 }
 
 /// Register the fork handler once per process.
@@ -271,4 +354,60 @@ pub fn stderr_line(msg: &str) {
     let line = format!("simgpu[{}]: {msg}\n", getpid());
     // SAFETY: writing a valid buffer to fd 2; a short or failed write is harmless.
     unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A child forked while this process holds the state file's lock must not keep it: once the
+    /// parent's holder is gone, the child (and everyone else) can lock the file.
+    #[test]
+    fn a_fork_child_does_not_inherit_a_held_lock() {
+        register_atfork();
+        let dir = std::env::temp_dir().join(format!("simgpu-sys-lock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state");
+        let held = LockedFile::open_locked(&path).unwrap();
+        // SAFETY: the child only locks the file and _exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let code = match LockedFile::open_locked(&path) {
+                Ok(_) => 0,
+                Err(_) => 2,
+            };
+            // SAFETY: leaving a fork child without running the parent's teardown.
+            unsafe { libc::_exit(code) };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        // The holder goes away without unlocking, as a killed process does: only closing every fd
+        // of the description frees the lock, the child's copy included.
+        if let Some(i) = held.tracked {
+            HELD_LOCK_FDS[i].store(-1, Ordering::Release);
+        }
+        // SAFETY: our own fd; `forget` keeps Drop from unlocking or closing it again.
+        unsafe { libc::close(held.fd) };
+        std::mem::forget(held);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut status = 0;
+        loop {
+            // SAFETY: polling our own child.
+            let done = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if done == pid {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                // SAFETY: our own child, which is stuck on the lock.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, 0);
+                }
+                panic!("the child never got the lock: it kept the parent's");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
