@@ -51,6 +51,9 @@ const LEGACY_CUDA: &[(&str, &str)] = &[
         "pHandle: *mut ::vgpu_abi::cuda::CUarray, \
          pAllocateArray: *const crate::hooks::legacy::CUDA_ARRAY3D_DESCRIPTOR_v1",
     ),
+    // CUDA 10.0's capture begin, before the mode argument (`PFN_cuStreamBeginCapture_v10000`).
+    ("cuStreamBeginCapture", "hStream: ::vgpu_abi::cuda::CUstream"),
+    ("cuStreamBeginCapture_ptsz", "hStream: ::vgpu_abi::cuda::CUstream"),
 ];
 
 fn main() {
@@ -124,9 +127,36 @@ fn main() {
     out.push_str(&pfn);
     out.push_str("}\n");
 
-    let dest =
-        Path::new(&env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("abi_signatures.rs");
+    let out_dir = env::var("OUT_DIR").expect("cargo sets OUT_DIR");
+    let dest = Path::new(&out_dir).join("abi_signatures.rs");
     fs::write(dest, out).expect("write abi_signatures.rs");
+
+    write_dlsym_version_script(Path::new(&out_dir));
+}
+
+/// The version nodes our `dlsym` is exported under (`src/sys/dl.rs`, `entry`): glibc's own, so that
+/// `dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.34")` from an interposer preloaded before us finds ours, and
+/// programs linked against either glibc generation bind to it. The base version is the architecture's
+/// first glibc version (where `dlsym` lived in libdl). rustc passes its own version script for the
+/// exported Rust symbols; ld merges the two.
+fn write_dlsym_version_script(out_dir: &Path) {
+    let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
+    let base = match arch.as_str() {
+        "x86_64" => "GLIBC_2.2.5",
+        "aarch64" => "GLIBC_2.17",
+        // No naked `dlsym` entry for other architectures (src/sys/dl.rs), so nothing to version.
+        _ => return,
+    };
+    let script = out_dir.join("dlsym.map");
+    fs::write(
+        &script,
+        format!("{base} {{ global: dlsym; }};\nGLIBC_2.34 {{ global: dlsym; }} {base};\n"),
+    )
+    .expect("write dlsym.map");
+    println!(
+        "cargo:rustc-cdylib-link-arg=-Wl,--version-script={}",
+        script.display()
+    );
 }
 
 fn emit(arms: &mut String, symbol: &str, params: &str, ret: &str) {

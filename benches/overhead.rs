@@ -5,8 +5,8 @@
 //!
 //! `cargo bench -p vgpu --bench overhead [ops|live|register]` after `scripts/build-artifacts.sh`.
 //! Sizes: VGPU_BENCH_ITERS (default 200000), VGPU_BENCH_LIVE (default 1000000), VGPU_BENCH_PROCS
-//! (default 250: the simulated machine's process table has 512 entries and counts a process that
-//! opens both simulated libraries twice; the region itself has 1024 slots).
+//! (default 1000: the region has 1024 slots, and the simulated machine's process table 4096, one per
+//! process).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -134,7 +134,7 @@ fn live() {
 }
 
 fn register() {
-    let procs = env_or("VGPU_BENCH_PROCS", 250).to_string();
+    let procs = env_or("VGPU_BENCH_PROCS", 1000).to_string();
     let machine = SimMachine::new("bench-register");
     let parse = |lines: Vec<Vec<String>>| -> Vec<(String, f64)> {
         lines

@@ -5,8 +5,12 @@
 //! The region order is learnt at init from NVML (index order). CUDA ordinals are resolved lazily,
 //! because `cuDeviceGetUuid` works only after the application's `cuInit`; an answer is cached only
 //! once the driver gave one. Lookups after that are one atomic load.
+//!
+//! The current context's device is asked on every allocation, launch and memory query, so it has a
+//! fast path: a process that sees a single CUDA device (the usual container) knows the answer without
+//! asking the driver at all, since every context is on that device. Otherwise the context is asked
+//! for (`cuCtxGetCurrent`) and its device comes from a per-thread cache keyed by the context.
 
-use std::cell::Cell;
 use std::ffi::{c_char, c_uint, CStr};
 use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
 
@@ -14,6 +18,7 @@ use vgpu_abi::cuda::{cudaError_enum, CUcontext, CUdevice, CUuuid};
 use vgpu_abi::nvml::{nvmlDevice_t, nvmlReturn_enum};
 
 use crate::hooks::{real_cuda, real_nvml};
+use crate::sys::thread_state;
 
 /// Region arrays have 16 entries (hami-contract.md 3.1).
 pub const MAX_REGION_DEVICES: usize = 16;
@@ -24,6 +29,8 @@ const MAX_NVML_HANDLES: usize = 64;
 
 const UNKNOWN: u8 = u8::MAX;
 const UNMAPPED: u8 = u8::MAX - 1;
+/// `sole`: the process sees several CUDA devices (or none), so the current context decides.
+const SEVERAL: u8 = u8::MAX - 2;
 
 /// UUID of a device as NVML prints it: `GPU-` + 8-4-4-4-12 lowercase hex digits (40 characters).
 pub type UuidText = String;
@@ -34,16 +41,17 @@ pub struct Devices {
     by_ordinal: [AtomicU8; MAX_ORDINALS],
     nvml_handles: [AtomicUsize; MAX_NVML_HANDLES],
     nvml_indices: [AtomicU8; MAX_NVML_HANDLES],
+    /// When the process sees exactly one CUDA device: its region index (or `UNMAPPED`). `SEVERAL`
+    /// when it sees more (or none); `UNKNOWN` until the driver has answered (after `cuInit`).
+    sole: AtomicU8,
 }
 
 /// Bumped whenever a context is destroyed, so per-thread "current device" caches cannot outlive the
 /// context they describe (a new context may reuse the address).
 static CONTEXT_GENERATION: AtomicU32 = AtomicU32::new(0);
 
-thread_local! {
-    /// (context, generation, region index or UNMAPPED) of the last lookup on this thread.
-    static CURRENT: Cell<(usize, u32, u8)> = const { Cell::new((0, u32::MAX, UNKNOWN)) };
-}
+/// `ThreadState::device_index_plus_one` of a context whose device is not one of the container's.
+const CACHED_UNMAPPED: u8 = u8::MAX;
 
 impl Devices {
     /// `uuids[i]` is region index i.
@@ -53,6 +61,7 @@ impl Devices {
             by_ordinal: [const { AtomicU8::new(UNKNOWN) }; MAX_ORDINALS],
             nvml_handles: [const { AtomicUsize::new(0) }; MAX_NVML_HANDLES],
             nvml_indices: [const { AtomicU8::new(UNKNOWN) }; MAX_NVML_HANDLES],
+            sole: AtomicU8::new(UNKNOWN),
         }
     }
 
@@ -83,7 +92,44 @@ impl Devices {
     }
 
     /// Region index of the current context's device.
+    ///
+    /// With a single visible device the answer does not depend on the context, and no driver call is
+    /// made: an allocation or launch without a current context is then charged to that device, and
+    /// given back when the driver refuses it, as every refused call is.
+    #[inline]
     pub fn current(&self) -> Option<usize> {
+        match self.sole.load(Ordering::Relaxed) {
+            SEVERAL => self.current_by_context(),
+            UNKNOWN => self.learn_sole_device(),
+            UNMAPPED => None,
+            index => Some(usize::from(index)),
+        }
+    }
+
+    /// Whether the process sees exactly one CUDA device, and which (cold: once, after `cuInit`).
+    #[cold]
+    fn learn_sole_device(&self) -> Option<usize> {
+        let mut count = 0;
+        // SAFETY: valid out-pointer.
+        if unsafe { real_cuda().cuDeviceGetCount(&mut count) } != cudaError_enum::CUDA_SUCCESS {
+            return self.current_by_context(); // before cuInit: ask again next time
+        }
+        if count != 1 {
+            self.sole.store(SEVERAL, Ordering::Relaxed);
+            return self.current_by_context();
+        }
+        let index = self.of_cuda_ordinal(0);
+        match self.by_ordinal[0].load(Ordering::Relaxed) {
+            UNKNOWN => self.current_by_context(), // the driver could not name its UUID yet
+            known => {
+                self.sole.store(known, Ordering::Relaxed);
+                index
+            }
+        }
+    }
+
+    /// Region index of the current context's device, asked of the driver and cached per thread.
+    fn current_by_context(&self) -> Option<usize> {
         let mut context: CUcontext = std::ptr::null_mut();
         // SAFETY: valid out-pointer.
         if unsafe { real_cuda().cuCtxGetCurrent(&mut context) } != cudaError_enum::CUDA_SUCCESS
@@ -92,11 +138,14 @@ impl Devices {
             return None;
         }
         let generation = CONTEXT_GENERATION.load(Ordering::Relaxed);
-        let cached = CURRENT
-            .try_with(Cell::get)
-            .unwrap_or((0, u32::MAX, UNKNOWN));
-        if cached.0 == context as usize && cached.1 == generation && cached.2 != UNKNOWN {
-            return (cached.2 != UNMAPPED).then_some(usize::from(cached.2));
+        let cached = thread_state::with(|state| {
+            (state.device_context.get() == context as usize
+                && state.device_generation.get() == generation)
+                .then(|| state.device_index_plus_one.get())
+                .filter(|&plus_one| plus_one != 0)
+        });
+        if let Some(plus_one) = cached {
+            return (plus_one != CACHED_UNMAPPED).then(|| usize::from(plus_one - 1));
         }
         let mut ordinal: CUdevice = 0;
         // SAFETY: valid out-pointer; the current context is the one just read.
@@ -104,12 +153,13 @@ impl Devices {
             return None;
         }
         let index = self.of_cuda_ordinal(ordinal);
-        let _ = CURRENT.try_with(|c| {
-            c.set((
-                context as usize,
-                generation,
-                index.map_or(UNMAPPED, |i| i as u8),
-            ))
+        thread_state::with(|state| {
+            state.device_context.set(context as usize);
+            state.device_generation.set(generation);
+            // Region indices are below MAX_REGION_DEVICES (16), so index + 1 never reaches the marker.
+            state
+                .device_index_plus_one
+                .set(index.map_or(CACHED_UNMAPPED, |i| i as u8 + 1));
         });
         index
     }

@@ -20,8 +20,9 @@
 //!
 //! Cost of a launch that is not throttled: the runtime gate (one load) and the gate's fast path
 //! (relaxed loads, one coarse clock read). A container with an SM limit adds the current-device
-//! lookup (`cuCtxGetCurrent` plus a thread-local), and a limited launch adds one CAS on the
-//! device's bucket and a `cuStreamIsCapturing`. No allocation, lock, formatting or syscall.
+//! lookup (nothing when the process sees one device, else `cuCtxGetCurrent` plus a thread-local),
+//! and a limited launch adds one CAS on the device's bucket, plus a `cuStreamIsCapturing` only while
+//! a stream capture is in progress in the process. No allocation, lock, formatting or syscall.
 
 use std::ffi::c_uint;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -30,7 +31,7 @@ use std::time::Duration;
 
 use vgpu_abi::cuda::{
     cudaError_enum, CUcontext, CUdevice_attribute_enum, CUevent, CUresult, CUstream,
-    CUstreamCaptureStatus, CUstreamCaptureStatus_enum, CUDA_LAUNCH_PARAMS,
+    CUDA_LAUNCH_PARAMS,
 };
 
 use super::real_cuda;
@@ -338,7 +339,7 @@ pub fn threads(x: c_uint, y: c_uint, z: c_uint) -> u32 {
 
 /// The region index of the launch's device (`NO_DEVICE` when it is not one of the container's),
 /// and the stream's context when it is not the current one (events must be created in it).
-#[inline]
+#[inline(always)]
 fn resolve_device(rt: &Runtime, placement: &Placement) -> (usize, Option<CUcontext>) {
     let by_default_stream = matches!(
         placement.stream as usize,
@@ -347,6 +348,12 @@ fn resolve_device(rt: &Runtime, placement: &Placement) -> (usize, Option<CUconte
     if !placement.device_of_stream || by_default_stream {
         return (rt.devices().current().unwrap_or(NO_DEVICE), None);
     }
+    device_of_stream(rt, placement)
+}
+
+/// `resolve_device` for a launch that names its stream: the stream's context may not be current.
+#[inline(never)]
+fn device_of_stream(rt: &Runtime, placement: &Placement) -> (usize, Option<CUcontext>) {
     let real = real_cuda();
     let mut stream_context: CUcontext = std::ptr::null_mut();
     // SAFETY: the caller's stream and a valid out-pointer.
@@ -388,21 +395,12 @@ fn device_of_context(rt: &Runtime, context: CUcontext) -> Option<usize> {
 }
 
 /// Whether the launch's stream is being captured into a graph (a failed query counts as no: the
-/// launch then fails or runs, and is paid either way).
+/// launch then fails or runs, and is paid either way). The driver is asked only while a capture is in
+/// progress somewhere in the process (`capture`): otherwise no stream can be capturing.
 #[inline]
 fn capturing(placement: &Placement) -> bool {
-    let real = real_cuda();
-    let mut status = CUstreamCaptureStatus_enum::CU_STREAM_CAPTURE_STATUS_NONE;
-    let status_out: *mut CUstreamCaptureStatus = &mut status;
-    // SAFETY: the caller's stream and a valid out-pointer.
-    let result = unsafe {
-        if placement.per_thread {
-            real.cuStreamIsCapturing_ptsz(placement.stream, status_out)
-        } else {
-            real.cuStreamIsCapturing(placement.stream, status_out)
-        }
-    };
-    result == SUCCESS && status != CUstreamCaptureStatus_enum::CU_STREAM_CAPTURE_STATUS_NONE
+    super::capture::any_in_progress()
+        && super::capture::driver_says_capturing(placement.stream, placement.per_thread)
 }
 
 /// The system clocks (vDSO reads).

@@ -11,6 +11,7 @@ use super::real_cuda;
 use crate::runtime::{self, Gate};
 
 /// Body of `cuMemGetInfo_v2`: total = min(limit, real total), free = min(limit − used, real free).
+#[inline(always)] // one caller, the export
 pub unsafe fn mem_get_info(free: *mut usize, total: *mut usize) -> CUresult {
     if let Gate::Refused = runtime::gate() {
         return runtime::CUDA_REFUSED;

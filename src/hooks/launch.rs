@@ -66,6 +66,7 @@ fn kernel_on_current(
 
 /// Body of `cuLaunchKernel`.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)] // one caller (the export): no second copy of eleven arguments
 pub unsafe fn kernel(
     f: CUfunction,
     gx: c_uint,
@@ -101,6 +102,7 @@ pub unsafe fn kernel(
 
 /// Body of `cuLaunchKernel_ptsz`.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)] // one caller (the export): no second copy of eleven arguments
 pub unsafe fn kernel_ptsz(
     f: CUfunction,
     gx: c_uint,

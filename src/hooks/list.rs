@@ -10,7 +10,7 @@
 //! Every symbol here is one ABI: `cuMemAlloc` is the 32-bit CUDA 2.0 ABI and `cuMemAlloc_v2` the
 //! 3.2 one, and `cuGetProcAddress` hands out whichever the caller asked for (`proc_address.rs`).
 
-use super::{context, info, init, launch, memory, nvml, proc_address};
+use super::{capture, context, info, init, launch, memory, nvml, proc_address};
 
 hooks! {
     cuda {
@@ -72,6 +72,16 @@ hooks! {
         cuLaunchCooperativeKernelMultiDevice => launch::cooperative_multi_device;
         cuGraphLaunch => launch::graph;
         cuGraphLaunch_ptsz => launch::graph_ptsz;
+
+        // Captures in progress, so that launches ask the driver about capture only while one is.
+        cuStreamBeginCapture => capture::begin_v1;
+        cuStreamBeginCapture_ptsz => capture::begin_v1_ptsz;
+        cuStreamBeginCapture_v2 => capture::begin;
+        cuStreamBeginCapture_v2_ptsz => capture::begin_ptsz;
+        cuStreamBeginCaptureToGraph => capture::begin_to_graph;
+        cuStreamBeginCaptureToGraph_ptsz => capture::begin_to_graph_ptsz;
+        cuStreamEndCapture => capture::end;
+        cuStreamEndCapture_ptsz => capture::end_ptsz;
     }
     cuda_uses {
         cuDriverGetVersion,

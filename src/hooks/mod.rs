@@ -5,7 +5,7 @@
 //! - `list`: the one `hooks!` invocation (which symbols, which body).
 //! - `real`: the real libraries, opened and resolved once.
 //! - `dlsym`, `proc_address`: the lookup front doors.
-//! - bodies: `init`, `memory`, `info`, `context`, `launch`.
+//! - bodies: `init`, `memory`, `info`, `context`, `launch` (with `compute`), `capture`.
 
 #[macro_use]
 mod shim;
@@ -15,6 +15,7 @@ include!(concat!(env!("OUT_DIR"), "/abi_signatures.rs"));
 
 mod list;
 
+mod capture;
 pub mod compute;
 mod context;
 mod dlsym;

@@ -18,15 +18,25 @@
 //!
 //! Nothing unhooked is touched, `cuGetExportTable` included, and failed lookups are returned as the
 //! driver returned them.
+//!
+//! A process that failed closed still answers lookups: hooked names get their hook, which refuses with
+//! `CUDA_ERROR_NOT_PERMITTED` when called, so a client that reaches `cuInit` this way sees the refusal
+//! rather than "function not found". Unhooked names get the driver's pointer, or, when there is no
+//! driver to ask, the driver's answer for an unknown symbol.
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use vgpu_abi::cuda::{cudaError_enum, cuuint64_t, CUdriverProcAddressQueryResult, CUresult};
+use vgpu_abi::cuda::{
+    cudaError_enum, cuuint64_t, CUdriverProcAddressQueryResult,
+    CUdriverProcAddressQueryResult_enum as Status, CUresult,
+};
 use vgpu_abi::proc_table::{self, Lookup};
 
 use super::real::{self, cuda_library};
-use crate::runtime::{self, Gate};
+use crate::runtime;
+
+const SUCCESS: CUresult = cudaError_enum::CUDA_SUCCESS;
 
 /// Body of `cuGetProcAddress` (11.3 ABI).
 pub unsafe fn get_proc_address(
@@ -35,14 +45,18 @@ pub unsafe fn get_proc_address(
     version: c_int,
     flags: cuuint64_t,
 ) -> CUresult {
-    if let Gate::Refused = runtime::gate() {
-        return runtime::CUDA_REFUSED;
-    }
-    // SAFETY: the caller's arguments, unchanged.
-    let result = unsafe { real::real_cuda().cuGetProcAddress(symbol, pfn, version, flags) };
-    if result == cudaError_enum::CUDA_SUCCESS {
-        // SAFETY: the driver accepted `symbol` and wrote `*pfn`.
-        unsafe { substitute(symbol, pfn, version, flags) };
+    let refused = runtime::refused();
+    let real = real::real_cuda();
+    let result = if refused && real.cuGetProcAddress.is_none() {
+        // SAFETY: the caller's arguments, under the driver's contract.
+        unsafe { answer_without_driver(symbol, pfn, version, flags, std::ptr::null_mut()) }
+    } else {
+        // SAFETY: the caller's arguments, unchanged.
+        unsafe { real.cuGetProcAddress(symbol, pfn, version, flags) }
+    };
+    if result == SUCCESS {
+        // SAFETY: the lookup accepted `symbol` and wrote `*pfn`.
+        unsafe { substitute(symbol, pfn, version, flags, refused) };
     }
     result
 }
@@ -55,21 +69,66 @@ pub unsafe fn get_proc_address_v2(
     flags: cuuint64_t,
     symbol_status: *mut CUdriverProcAddressQueryResult,
 ) -> CUresult {
-    if let Gate::Refused = runtime::gate() {
-        return runtime::CUDA_REFUSED;
-    }
-    // SAFETY: the caller's arguments, unchanged.
-    let result = unsafe {
-        real::real_cuda().cuGetProcAddress_v2(symbol, pfn, version, flags, symbol_status)
+    let refused = runtime::refused();
+    let real = real::real_cuda();
+    let result = if refused && real.cuGetProcAddress_v2.is_none() {
+        // SAFETY: the caller's arguments, under the driver's contract.
+        unsafe { answer_without_driver(symbol, pfn, version, flags, symbol_status) }
+    } else {
+        // SAFETY: the caller's arguments, unchanged.
+        unsafe { real.cuGetProcAddress_v2(symbol, pfn, version, flags, symbol_status) }
     };
-    if result == cudaError_enum::CUDA_SUCCESS {
-        // SAFETY: the driver accepted `symbol` and wrote `*pfn`.
-        unsafe { substitute(symbol, pfn, version, flags) };
+    if result == SUCCESS {
+        // SAFETY: the lookup accepted `symbol` and wrote `*pfn`.
+        unsafe { substitute(symbol, pfn, version, flags, refused) };
     }
     result
 }
 
-/// Replaces `*pfn` with our hook when the driver's answer is a function we hook.
+/// A process that failed closed and has no real driver to ask: hooked names get our hook (which answers
+/// `CUDA_ERROR_NOT_PERMITTED` when called), everything else the driver's answer for an unknown symbol.
+/// The lookup itself must succeed for hooked names: cuda-bindings and libcudart look `cuInit` up this
+/// way, and a failed lookup reads as "function not found" instead of the refusal.
+///
+/// # Safety
+/// `symbol` is NULL or NUL-terminated; `pfn` and `symbol_status` are NULL or valid for writes.
+unsafe fn answer_without_driver(
+    symbol: *const c_char,
+    pfn: *mut *mut c_void,
+    version: c_int,
+    flags: cuuint64_t,
+    symbol_status: *mut CUdriverProcAddressQueryResult,
+) -> CUresult {
+    if symbol.is_null() || pfn.is_null() {
+        return cudaError_enum::CUDA_ERROR_INVALID_VALUE;
+    }
+    // SAFETY: checked non-NULL; NUL-terminated by the caller's contract.
+    let base = unsafe { CStr::from_ptr(symbol) }.to_str().unwrap_or("");
+    let (hook, status) = match proc_table::resolve(base, version, flags) {
+        Lookup::Found(name) => match super::cuda_hook(name.as_bytes()) {
+            Some(hook) => (hook, Status::CU_GET_PROC_ADDRESS_SUCCESS),
+            None => (0, Status::CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND),
+        },
+        Lookup::VersionNotSufficient => (0, Status::CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT),
+        Lookup::NotFound => (0, Status::CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND),
+    };
+    // SAFETY: checked non-NULL above; `symbol_status` is optional (NULL for the 11.3 ABI).
+    unsafe {
+        pfn.write(hook as *mut c_void);
+        if !symbol_status.is_null() {
+            symbol_status.write(status);
+        }
+    }
+    if hook == 0 {
+        cudaError_enum::CUDA_ERROR_NOT_FOUND
+    } else {
+        SUCCESS
+    }
+}
+
+/// Replaces `*pfn` with our hook when the driver's answer is a function we hook. In a process that
+/// failed closed, every ABI of a hooked name becomes a hook, even one newer than our table: a refusing
+/// hook reads none of its arguments, so its signature cannot matter.
 ///
 /// # Safety
 /// `symbol` is NULL or NUL-terminated; `pfn` is NULL or points to the driver's answer.
@@ -78,6 +137,7 @@ unsafe fn substitute(
     pfn: *mut *mut c_void,
     version: c_int,
     flags: cuuint64_t,
+    refused: bool,
 ) {
     if symbol.is_null() || pfn.is_null() {
         return;
@@ -91,7 +151,16 @@ unsafe fn substitute(
     let Ok(base) = unsafe { CStr::from_ptr(symbol) }.to_str() else {
         return;
     };
-    if let Some(hook) = choose(base, answer, version, flags) {
+    let hook = choose(base, answer, version, flags).or_else(|| {
+        if !refused {
+            return None;
+        }
+        match proc_table::resolve(base, version.min(proc_table::HEADER_CUDA_VERSION), flags) {
+            Lookup::Found(name) => super::cuda_hook(name.as_bytes()),
+            Lookup::VersionNotSufficient | Lookup::NotFound => None,
+        }
+    });
+    if let Some(hook) = hook {
         // SAFETY: `pfn` is valid for writes (the driver wrote it).
         unsafe { pfn.write(hook as *mut c_void) };
     }
@@ -167,7 +236,7 @@ fn driver_version() -> c_int {
     let mut version: c_int = 0;
     // SAFETY: `version` is a valid out-pointer.
     let result = unsafe { real::real_cuda().cuDriverGetVersion(&mut version) };
-    if result != cudaError_enum::CUDA_SUCCESS || version <= 0 {
+    if result != SUCCESS || version <= 0 {
         return 0;
     }
     DRIVER_VERSION.store(version, Ordering::Relaxed);

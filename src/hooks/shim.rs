@@ -2,19 +2,16 @@
 //! `hooks!` macro that turns the one list (`list.rs`) into exports, the real-function tables and the
 //! name lookups behind `dlsym` and `cuGetProcAddress`.
 
-use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use vgpu_abi::cuda::{cudaError_enum, CUresult};
 use vgpu_abi::nvml::{nvmlReturn_enum, nvmlReturn_t};
 
-thread_local! {
-    /// Set while this thread runs one of our hook bodies. Const-initialised and without a destructor,
-    /// so it works before Rust's runtime is up and while a thread is exiting.
-    static IN_HOOK: Cell<bool> = const { Cell::new(false) };
-}
+use crate::sys::thread_state;
 
-/// Proof that this thread entered a hook body; dropping it clears the flag.
+/// Proof that this thread entered a hook body; dropping it clears the thread's flag
+/// (`sys::thread_state`: set while this thread runs one of our hook bodies, zero-initialised and
+/// without a destructor, so it works before Rust's runtime is up and while a thread is exiting).
 pub struct Entered(());
 
 impl Entered {
@@ -22,24 +19,21 @@ impl Entered {
     /// reaching a hooked symbol): such a call must go straight to the real function.
     #[inline(always)]
     pub fn enter() -> Option<Entered> {
-        IN_HOOK
-            .try_with(|flag| {
-                if flag.get() {
-                    None
-                } else {
-                    flag.set(true);
-                    Some(Entered(()))
-                }
-            })
-            .ok()
-            .flatten()
+        thread_state::with(|state| {
+            if state.in_hook.get() {
+                None
+            } else {
+                state.in_hook.set(true);
+                Some(Entered(()))
+            }
+        })
     }
 }
 
 impl Drop for Entered {
     #[inline(always)]
     fn drop(&mut self) {
-        let _ = IN_HOOK.try_with(|flag| flag.set(false));
+        thread_state::with(|state| state.in_hook.set(false));
     }
 }
 

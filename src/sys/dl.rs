@@ -141,9 +141,31 @@ extern "C" fn real_dlsym_address() -> usize {
 
 /// The exported `dlsym`. Kept out of unit-test binaries, where it would replace the test harness's
 /// own `dlsym` for no benefit.
+///
+/// It is exported under glibc's two symbol versions, `dlsym@@GLIBC_2.34` (the default, what programs
+/// linked against glibc 2.34+ ask for) and `dlsym@GLIBC_2.2.5` (`GLIBC_2.17` on aarch64: programs
+/// linked against an older glibc, whose `dlsym` lived in libdl). An unversioned definition would do for
+/// ordinary symbol binding, but not for `dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.34")`, which is how a
+/// second interposer preloaded before us finds "the next dlsym": glibc's `dlvsym` skips unversioned
+/// definitions in an object that has version information, so that interposer would jump straight to
+/// libc and our hooks would never see its lookups. build.rs writes the version script that declares
+/// the two version nodes; `.symver` gives the entry both names. The entry's own labels are not in
+/// rustc's list of exports, so they stay local: nothing else is exported.
+///
+/// The entry is plain assembly (`global_asm!`) rather than a naked Rust function because `.symver`
+/// must name a symbol defined in the same object file, and rustc may put a function and a
+/// `global_asm!` block in different codegen units.
 #[cfg(not(test))]
 pub mod entry {
-    pub use super::arch::dlsym;
+    extern "C" {
+        /// The assembly entry below. (Its versioned labels must not be named from Rust: LLVM then
+        /// sees them as undefined declarations and refuses their `.symver`.)
+        #[link_name = "vgpu_dlsym_entry"]
+        pub fn dlsym(
+            handle: *mut std::ffi::c_void,
+            name: *const std::ffi::c_char,
+        ) -> *mut std::ffi::c_void;
+    }
 }
 #[cfg(test)]
 pub mod entry {
@@ -151,79 +173,110 @@ pub mod entry {
     pub extern "C" fn dlsym() {}
 }
 
+// `void *dlsym(void *handle, const char *name)`.
+//
+// On entry `[rsp]` is the caller's return address. We save the two arguments, ask `decide`, and either
+// return its answer or restore everything and tail-jump to the real `dlsym`, so the return address it
+// sees is the original caller's. `dlsym`'s contract: `name` is NULL or a NUL-terminated string.
 #[cfg(all(not(test), target_arch = "x86_64"))]
-mod arch {
-    use super::{decide, real_dlsym_address};
+core::arch::global_asm!(
+    ".pushsection .text.vgpu_dlsym,\"ax\",@progbits",
+    ".p2align 4",
+    ".globl vgpu_dlsym_entry",
+    ".hidden vgpu_dlsym_entry",
+    ".globl vgpu_dlsym_default_version",
+    ".globl vgpu_dlsym_base_version",
+    ".type vgpu_dlsym_entry, @function",
+    ".type vgpu_dlsym_default_version, @function",
+    ".type vgpu_dlsym_base_version, @function",
+    ".symver vgpu_dlsym_default_version, dlsym@@GLIBC_2.34",
+    ".symver vgpu_dlsym_base_version, dlsym@GLIBC_2.2.5",
+    "vgpu_dlsym_entry:",
+    "vgpu_dlsym_default_version:",
+    "vgpu_dlsym_base_version:",
+    ".cfi_startproc",
+    "push rdi",
+    ".cfi_adjust_cfa_offset 8",
+    "push rsi",
+    ".cfi_adjust_cfa_offset 8",
+    "sub rsp, 8", // entry rsp is 8 mod 16; three slots make the calls 16-aligned
+    ".cfi_adjust_cfa_offset 8",
+    "call {decide}",
+    "test rax, rax",
+    "jnz 2f",
+    "call {real}",
+    "add rsp, 8",
+    ".cfi_adjust_cfa_offset -8",
+    "pop rsi",
+    ".cfi_adjust_cfa_offset -8",
+    "pop rdi",
+    ".cfi_adjust_cfa_offset -8",
+    "jmp rax",
+    "2:",
+    ".cfi_adjust_cfa_offset 24",
+    "add rsp, 24",
+    ".cfi_adjust_cfa_offset -24",
+    "ret",
+    ".cfi_endproc",
+    ".size vgpu_dlsym_entry, . - vgpu_dlsym_entry",
+    ".size vgpu_dlsym_default_version, . - vgpu_dlsym_default_version",
+    ".size vgpu_dlsym_base_version, . - vgpu_dlsym_base_version",
+    ".popsection",
+    decide = sym decide,
+    real = sym real_dlsym_address,
+);
 
-    /// `void *dlsym(void *handle, const char *name)`.
-    ///
-    /// On entry `[rsp]` is the caller's return address. We save the two arguments, ask `decide`, and
-    /// either return its answer or restore everything and tail-jump to the real `dlsym`, so the return
-    /// address it sees is the original caller's.
-    ///
-    /// # Safety
-    /// `dlsym`'s contract: `name` is NULL or a NUL-terminated string.
-    #[unsafe(naked)]
-    #[no_mangle]
-    pub unsafe extern "C" fn dlsym(
-        _handle: *mut std::ffi::c_void,
-        _name: *const std::ffi::c_char,
-    ) -> *mut std::ffi::c_void {
-        core::arch::naked_asm!(
-            "push rdi",
-            "push rsi",
-            "sub rsp, 8", // entry rsp is 8 mod 16; three slots make the calls 16-aligned
-            "call {decide}",
-            "test rax, rax",
-            "jnz 2f",
-            "call {real}",
-            "add rsp, 8",
-            "pop rsi",
-            "pop rdi",
-            "jmp rax",
-            "2:",
-            "add rsp, 24",
-            "ret",
-            decide = sym decide,
-            real = sym real_dlsym_address,
-        )
-    }
-}
-
+// `void *dlsym(void *handle, const char *name)`; see the x86-64 version. Here the caller's return
+// address is in x30, which we restore before branching to the real `dlsym`.
 #[cfg(all(not(test), target_arch = "aarch64"))]
-mod arch {
-    use super::{decide, real_dlsym_address};
-
-    /// `void *dlsym(void *handle, const char *name)`; see the x86-64 version. Here the caller's return
-    /// address is in x30, which we restore before branching to the real `dlsym`.
-    ///
-    /// # Safety
-    /// `dlsym`'s contract: `name` is NULL or a NUL-terminated string.
-    #[unsafe(naked)]
-    #[no_mangle]
-    pub unsafe extern "C" fn dlsym(
-        _handle: *mut std::ffi::c_void,
-        _name: *const std::ffi::c_char,
-    ) -> *mut std::ffi::c_void {
-        core::arch::naked_asm!(
-            "stp x29, x30, [sp, #-32]!",
-            "mov x29, sp",
-            "stp x0, x1, [sp, #16]",
-            "bl {decide}",
-            "cbnz x0, 2f",
-            "bl {real}",
-            "mov x16, x0",
-            "ldp x0, x1, [sp, #16]",
-            "ldp x29, x30, [sp], #32",
-            "br x16",
-            "2:",
-            "ldp x29, x30, [sp], #32",
-            "ret",
-            decide = sym decide,
-            real = sym real_dlsym_address,
-        )
-    }
-}
+core::arch::global_asm!(
+    ".pushsection .text.vgpu_dlsym,\"ax\",%progbits",
+    ".p2align 2",
+    ".globl vgpu_dlsym_entry",
+    ".hidden vgpu_dlsym_entry",
+    ".globl vgpu_dlsym_default_version",
+    ".globl vgpu_dlsym_base_version",
+    ".type vgpu_dlsym_entry, %function",
+    ".type vgpu_dlsym_default_version, %function",
+    ".type vgpu_dlsym_base_version, %function",
+    ".symver vgpu_dlsym_default_version, dlsym@@GLIBC_2.34",
+    ".symver vgpu_dlsym_base_version, dlsym@GLIBC_2.17",
+    "vgpu_dlsym_entry:",
+    "vgpu_dlsym_default_version:",
+    "vgpu_dlsym_base_version:",
+    ".cfi_startproc",
+    "stp x29, x30, [sp, #-32]!",
+    ".cfi_def_cfa_offset 32",
+    ".cfi_offset w30, -24",
+    ".cfi_offset w29, -32",
+    "mov x29, sp",
+    "stp x0, x1, [sp, #16]",
+    "bl {decide}",
+    "cbnz x0, 2f",
+    "bl {real}",
+    "mov x16, x0",
+    "ldp x0, x1, [sp, #16]",
+    "ldp x29, x30, [sp], #32",
+    ".cfi_remember_state",
+    ".cfi_def_cfa_offset 0",
+    ".cfi_restore w30",
+    ".cfi_restore w29",
+    "br x16",
+    "2:",
+    ".cfi_restore_state",
+    "ldp x29, x30, [sp], #32",
+    ".cfi_def_cfa_offset 0",
+    ".cfi_restore w30",
+    ".cfi_restore w29",
+    "ret",
+    ".cfi_endproc",
+    ".size vgpu_dlsym_entry, . - vgpu_dlsym_entry",
+    ".size vgpu_dlsym_default_version, . - vgpu_dlsym_default_version",
+    ".size vgpu_dlsym_base_version, . - vgpu_dlsym_base_version",
+    ".popsection",
+    decide = sym decide,
+    real = sym real_dlsym_address,
+);
 
 #[cfg(test)]
 mod tests {

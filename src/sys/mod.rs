@@ -6,6 +6,7 @@ pub use vgpu_policy::sys::{lock, mmap, proc_info};
 
 pub mod dl;
 pub mod env;
+pub mod thread_state;
 
 /// Writes `bytes` to stderr with as few `write(2)` calls as the kernel allows. Errors are ignored: there
 /// is nowhere left to report them, and a closed stderr must not hurt the host.

@@ -95,7 +95,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use crate::limiter::{SharedLimiter, SharedView};
 use crate::sys::lock::FileLock;
@@ -251,6 +251,14 @@ pub enum Liveness {
 /// fakes.
 pub trait ProcessProbe: Send + Sync {
     fn probe(&self, pid: i32) -> Liveness;
+
+    /// Whether a process with this pid exists, whoever it is: the cheap half of [`probe`]
+    /// (`kill(pid, 0)`, about half a microsecond, where reading a start time costs about ten).
+    ///
+    /// [`probe`]: ProcessProbe::probe
+    fn exists(&self, pid: i32) -> bool {
+        !matches!(self.probe(pid), Liveness::Dead)
+    }
 }
 
 /// `kill(pid, 0)` and `/proc/<pid>/stat`.
@@ -266,6 +274,10 @@ impl ProcessProbe for SystemProbe {
         } else {
             Liveness::Dead
         }
+    }
+
+    fn exists(&self, pid: i32) -> bool {
+        proc_info::pid_alive(pid)
     }
 }
 
@@ -374,6 +386,9 @@ const MAX_CHARGE: u64 = CHARGE_MASK;
 const RECOUNT_WAIT_ROUNDS: u32 = 300;
 /// Back-off rounds a frozen-counter waiter lets pass between checks for an orphaned freeze (≈20 ms).
 const ORPHAN_CHECK_ROUNDS: u32 = 90;
+/// Start times [`Region::any_dead_slot`] reads per call: about 0.3 ms of `/proc` reads, and every
+/// slot of a region with up to this many processes, each time.
+pub const REUSE_CHECKS_PER_LOOK: usize = 32;
 
 /// Spin, then yield, then sleep with doubling up to 1 ms. Used only off the fast path.
 struct Backoff {
@@ -414,6 +429,8 @@ pub struct Region {
     probe: Box<dyn ProcessProbe>,
     /// Generation of the region contents this process validated.
     generation: AtomicU64,
+    /// Where [`Region::any_dead_slot`] continues its start-time checks.
+    reuse_check_cursor: AtomicUsize,
     /// Info lines from opening (re-initialised a stale region, priority differs, ...).
     notices: Vec<String>,
     // Targets for accessors whose offset is out of range. Unreachable once `open` has validated the
@@ -589,6 +606,7 @@ impl Region {
             setup: setup.clone(),
             probe,
             generation: AtomicU64::new(0),
+            reuse_check_cursor: AtomicUsize::new(0),
             notices: Vec::new(),
             spare_u64: AtomicU64::new(0),
             spare_u32: AtomicU32::new(0),
@@ -826,9 +844,14 @@ impl Region {
     }
 
     /// Claims the lowest free slot for `(pid, start_time)` (`start_time` from `/proc/<pid>/stat`
-    /// field 22; 0 if unknown). Under the lock it first reclaims dead slots, and a slot already held
-    /// by the same `(pid, start_time)` (a previous image of this process, before an `exec`). Call once
-    /// per process image, and again in a forked child with the child's pid.
+    /// field 22; 0 if unknown). Call once per process image, and again in a forked child with the
+    /// child's pid.
+    ///
+    /// Under the lock it first frees any slot that names this pid: a previous image of this process
+    /// (same start time, before an `exec`) or a dead process whose pid we now have. That costs a
+    /// liveness look only for those slots, so registering stays cheap however many processes share
+    /// the region. The other dead slots are reclaimed by the periodic sweep and when a reservation is
+    /// refused ([`Region::reclaim_dead`]); here only when no slot is free.
     pub fn register(&self, pid: i32, start_time: u64) -> Result<SlotId, RegionError> {
         let _lock = self.lock()?;
         if self.u64(OFF_EXT_GENERATION).load(Ordering::Acquire)
@@ -837,17 +860,12 @@ impl Region {
         {
             self.validate_locked()?;
         }
-        for k in 0..self.slot_scan_end() {
-            if !self.slot_is_free(k)
-                && self.slot_pid(k) == pid
-                && self.u64(off_slot_start_time(k)).load(Ordering::Acquire) == start_time
-            {
-                self.free_dead_slot(k);
-                let _ = self.recount_all_locked();
-            }
+        self.free_own_pid_slots_locked(pid, start_time);
+        let mut slot = self.lowest_free_slot();
+        if slot.is_none() {
+            let _ = self.reclaim_dead_locked();
+            slot = self.lowest_free_slot();
         }
-        let _ = self.reclaim_dead_locked();
-        let slot = (0..MAX_SLOTS).find(|&k| self.slot_is_free(k));
         let Some(k) = slot else {
             return Err(RegionError::SlotsFull {
                 path: self.path.clone(),
@@ -863,6 +881,45 @@ impl Region {
         let top = (k + 1) as i32;
         self.i32(OFF_PROC_NUM).fetch_max(top, Ordering::AcqRel);
         Ok(SlotId(k as u16))
+    }
+
+    fn lowest_free_slot(&self) -> Option<usize> {
+        (0..MAX_SLOTS).find(|&k| self.slot_is_free(k))
+    }
+
+    /// Frees the slots that name `pid` but cannot belong to a live process other than the caller: the
+    /// same start time (an earlier image of the caller), or a start time the pid no longer has. Their
+    /// usage is given back by recounting the devices they had charged (lock held).
+    fn free_own_pid_slots_locked(&self, pid: i32, start_time: u64) {
+        let mut taken_totals = [0u64; MAX_DEVICES];
+        let mut suspect = [false; MAX_DEVICES];
+        let mut freed = false;
+        for k in 0..self.slot_scan_end() {
+            if self.slot_is_free(k) || self.slot_pid(k) != pid {
+                continue;
+            }
+            let same_image = self.u64(off_slot_start_time(k)).load(Ordering::Acquire) == start_time;
+            if !same_image && self.slot_is_live(k) {
+                continue; // start times unknown: it cannot be told apart from a live process
+            }
+            let was_inflight = self.inflight(k).load(Ordering::Acquire) != 0;
+            let taken = self.free_dead_slot(k);
+            for d in 0..MAX_DEVICES {
+                taken_totals[d] = taken_totals[d].saturating_add(taken[d]);
+                suspect[d] |= taken[d] > 0 || was_inflight;
+            }
+            freed = true;
+        }
+        if !freed {
+            return;
+        }
+        for d in 0..MAX_DEVICES {
+            if suspect[d] && !self.recount_locked(d) {
+                // Safe fallback, as in reclaim: a slot's usage never exceeds what it added.
+                self.sub_charged(d, taken_totals[d]);
+            }
+        }
+        self.lower_proc_num();
     }
 
     /// Gives the slot's usage back to the device counters and frees the slot (counters zeroed, then
@@ -924,8 +981,27 @@ impl Region {
 
     /// Whether any registered slot belongs to a process that is gone (or whose pid was reused). Takes
     /// no lock: a cheap look before [`Region::reclaim_dead`], for callers that sweep periodically.
+    ///
+    /// Every slot's pid is checked for existence (`kill(pid, 0)`, cheap), but start times, which tell
+    /// a reused pid from the process that registered (a `/proc` read, twenty times dearer), only for
+    /// [`REUSE_CHECKS_PER_LOOK`] slots per call, round robin. So a process's first memory call stays
+    /// cheap with a thousand neighbours, a dead process is still seen at the next look, and a reused
+    /// pid within `slots / REUSE_CHECKS_PER_LOOK` looks; [`Region::reclaim_dead`] (a refused
+    /// reservation) and the registration of the pid's new owner check it at once.
     pub fn any_dead_slot(&self) -> bool {
-        (0..self.slot_scan_end()).any(|k| !self.slot_is_free(k) && !self.slot_is_live(k))
+        let end = self.slot_scan_end();
+        let registered = |k: usize| !self.slot_is_free(k);
+        if (0..end).any(|k| registered(k) && !self.probe.exists(self.slot_pid(k))) {
+            return true;
+        }
+        if end == 0 {
+            return false;
+        }
+        let checks = end.min(REUSE_CHECKS_PER_LOOK);
+        let first = self.reuse_check_cursor.fetch_add(checks, Ordering::Relaxed) % end;
+        (0..checks)
+            .map(|i| (first + i) % end)
+            .any(|k| registered(k) && !self.slot_is_live(k))
     }
 
     /// Frees the slots of dead processes and gives their usage back (recounting the devices they had
@@ -1006,16 +1082,6 @@ impl Region {
             .filter(|&k| self.slot_status(k) != 0)
             .map(|k| self.used(k, device, USED_TOTAL).load(Ordering::Acquire))
             .fold(0u64, u64::saturating_add)
-    }
-
-    fn recount_all_locked(&self) -> u16 {
-        let mut timeouts = 0;
-        for d in 0..MAX_DEVICES {
-            if !self.recount_locked(d) {
-                timeouts |= 1 << d;
-            }
-        }
-        timeouts
     }
 
     /// Recounts `charged[device]` from the live slots (lock held; see the module docs). Returns false

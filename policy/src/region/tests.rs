@@ -498,6 +498,100 @@ fn all_slots_taken_is_an_error_not_an_exit() {
     );
 }
 
+/// A probe that counts how often it is asked (registration must not scale with the slots in use).
+#[derive(Clone, Default)]
+struct CountingProcs {
+    procs: FakeProcs,
+    probes: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ProcessProbe for CountingProcs {
+    fn probe(&self, pid: i32) -> Liveness {
+        self.probes.fetch_add(1, Ordering::Relaxed);
+        self.procs.probe(pid)
+    }
+}
+
+#[test]
+fn registering_looks_only_at_slots_of_its_own_pid() {
+    let counting = CountingProcs::default();
+    let (_dir, path) = temp_path("cheap-register");
+    let r =
+        Region::open_with_probe(&path, &setup(&[Some(GIB)]), Box::new(counting.clone())).unwrap();
+    let mut slots = Vec::new();
+    for pid in 1..=100 {
+        counting.procs.spawn(pid, 1000 + pid as u64);
+        slots.push(r.register(pid, 1000 + pid as u64).unwrap());
+    }
+    r.reserve(slots[4], 0, 5 * MIB, MemKind::Data)
+        .unwrap()
+        .commit();
+    r.reserve(slots[6], 0, 7 * MIB, MemKind::Data)
+        .unwrap()
+        .commit();
+    counting.procs.kill(5);
+    counting.procs.spawn(7, 9999); // pid 7 now belongs to a newer process
+    let before = counting.probes.load(Ordering::Relaxed);
+    counting.procs.spawn(500, 1);
+    let newcomer = r.register(500, 1).unwrap();
+    assert_eq!(
+        counting.probes.load(Ordering::Relaxed),
+        before,
+        "no liveness probe when no slot names the pid"
+    );
+    assert_eq!(newcomer.index(), 100, "the lowest free slot");
+    assert_eq!(
+        r.slot_pid_of(slots[4]),
+        5,
+        "a dead neighbour is left to the sweep and to refused reservations"
+    );
+    assert_eq!(r.device_used(0), 12 * MIB);
+    // The new owner of pid 7 registers: the old image of pid 7 cannot be alive, and goes.
+    let reused = r.register(7, 9999).unwrap();
+    assert_eq!(
+        reused.index(),
+        6,
+        "its slot was freed and is the lowest free one"
+    );
+    assert_eq!(
+        r.device_used(0),
+        5 * MIB,
+        "the old pid 7's usage is given back"
+    );
+    assert_eq!(r.slot_used(reused, 0), SlotUsage::default());
+    // The sweep's look still sees the dead neighbour, and a reclaim frees it.
+    assert!(r.any_dead_slot());
+    assert_eq!(r.reclaim_dead().unwrap().slots_freed, 1);
+    assert_eq!(r.device_used(0), 0);
+}
+
+#[test]
+fn a_look_for_dead_slots_sees_deaths_at_once_and_reused_pids_in_turn() {
+    let procs = FakeProcs::default();
+    let (_dir, path) = temp_path("look");
+    let r = open(&path, &setup(&[Some(GIB)]), &procs).unwrap();
+    for pid in 1..=100 {
+        procs.spawn(pid, 1);
+        r.register(pid, 1).unwrap();
+    }
+    for _ in 0..10 {
+        assert!(!r.any_dead_slot(), "every process is alive");
+    }
+    procs.kill(50);
+    assert!(r.any_dead_slot(), "a missing pid is seen by the next look");
+    r.reclaim_dead().unwrap();
+    assert!(!r.any_dead_slot());
+    procs.spawn(60, 2); // reused: alive, but not the process that registered
+    let looks = (1..=10).find(|_| r.any_dead_slot());
+    let bound = 100usize.div_ceil(REUSE_CHECKS_PER_LOOK);
+    assert!(
+        looks.is_some_and(|n| n <= bound),
+        "a reused pid is seen within {bound} looks, got {looks:?}"
+    );
+    assert_eq!(r.reclaim_dead().unwrap().slots_freed, 1);
+    assert!(!r.any_dead_slot());
+}
+
 #[test]
 fn dead_and_reused_pids_are_reclaimed() {
     let procs = FakeProcs::default();
