@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/build-artifacts.sh
 scripts/setup-python.sh
-cargo test --workspace --release -- --test-threads "${VGPU_TEST_THREADS:-4}"
+cargo test --workspace --release --no-fail-fast -- --test-threads "${VGPU_TEST_THREADS:-4}"
