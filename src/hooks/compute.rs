@@ -228,6 +228,18 @@ fn finish(
     placement: &Placement,
     result: CUresult,
 ) {
+    if ticket.probe().is_none() {
+        // No probe (the common case): only the outcome matters to the gate.
+        let outcome = if result == SUCCESS {
+            LaunchOutcome::Submitted {
+                probe_recorded: false,
+            }
+        } else {
+            LaunchOutcome::Refused
+        };
+        compute.gate.launched(view, ticket, outcome, &SystemClock);
+        return;
+    }
     let outcome = if result == SUCCESS {
         let recorded = started
             && ticket

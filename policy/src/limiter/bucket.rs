@@ -122,6 +122,7 @@ pub struct Bucket<'a> {
 }
 
 impl<'a> Bucket<'a> {
+    #[inline]
     pub fn new(shared: &'a SharedBucket, params: BucketParams) -> Bucket<'a> {
         Bucket { shared, params }
     }

@@ -89,6 +89,7 @@ impl Work {
         }
     }
 
+    #[inline]
     fn launch_key(&self, device: usize) -> u64 {
         let kind = match self.kind {
             WorkKind::Kernel => 1,
@@ -358,6 +359,7 @@ impl LaunchGate {
 
     /// Admits one launch: polls due probes, asks [`before_launch`](Self::before_launch), and
     /// pauses in this (the launching) thread until the answer is `Go`. The hook's whole wait loop.
+    #[inline]
     pub fn admit<C: Clock, P: ProbeDriver>(
         &self,
         view: &SharedView<'_>,
@@ -366,7 +368,30 @@ impl LaunchGate {
         clock: &C,
         driver: &mut P,
     ) -> Ticket {
-        let mut attempt = 0u32;
+        self.poll_probes(view, clock, driver);
+        match self.before_launch(view, device, work, clock) {
+            Decision::Go(ticket) => ticket,
+            Decision::Wait { retry_in_ns, .. } => {
+                self.admit_after_wait(view, device, work, clock, driver, retry_in_ns)
+            }
+        }
+    }
+
+    /// The rest of [`admit`](Self::admit) once the first answer was `Wait`: out of line, so that
+    /// what waiting needs (the pauses and their thread-locals) costs the fast path nothing.
+    #[cold]
+    #[inline(never)]
+    fn admit_after_wait<C: Clock, P: ProbeDriver>(
+        &self,
+        view: &SharedView<'_>,
+        device: usize,
+        work: &Work,
+        clock: &C,
+        driver: &mut P,
+        first_retry_in_ns: u64,
+    ) -> Ticket {
+        driver.pause(backoff(first_retry_in_ns, 0));
+        let mut attempt = 1u32;
         loop {
             self.poll_probes(view, clock, driver);
             match self.before_launch(view, device, work, clock) {
@@ -614,6 +639,10 @@ impl LaunchGate {
         outcome: LaunchOutcome,
         clock: &C,
     ) {
+        // The common case, a launch without a probe that the driver took: nothing to do, no clock.
+        if ticket.probe.is_none() && outcome != LaunchOutcome::Refused {
+            return;
+        }
         if ticket.charged_ns == 0 && ticket.probe.is_none() {
             return;
         }
