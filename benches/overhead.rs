@@ -3,7 +3,16 @@
 //! one run, and this prints the ratio. Shared machines are noisy: read ratios and added nanoseconds,
 //! not absolute times. Goal from the issue: under 50 ns added per launch and per memory-info call.
 //!
-//! `cargo bench -p vgpu --bench overhead [ops|live|register]` after `scripts/build-artifacts.sh`.
+//! `cargo bench -p vgpu --bench overhead [ops|paced|live|register]` after
+//! `scripts/build-artifacts.sh`.
+//!
+//! `paced` is the launch table of compute isolation: launches in bursts with idle gaps (the device
+//! busy under 10 % of the time), so that an SM limit never throttles and what is timed is the cost
+//! of an unthrottled launch, with no library, with libvgpu forwarding only, with a memory limit,
+//! and with an SM limit on 2 and on 1 visible GPUs. Each configuration runs in
+//! VGPU_BENCH_PACED_RUNS (default 9) separate processes, interleaved; the table shows the median
+//! of their medians (one process's memory layout moves a launch by +-20 ns on its own).
+//!
 //! Sizes: VGPU_BENCH_ITERS (default 200000), VGPU_BENCH_LIVE (default 1000000), VGPU_BENCH_PROCS
 //! (default 1000: the region has 1024 slots, and the simulated machine's process table 4096, one per
 //! process).
@@ -110,6 +119,81 @@ fn ops() {
     );
 }
 
+fn paced() {
+    let runs = env_or("VGPU_BENCH_PACED_RUNS", 9).max(1);
+    let launches = env_or("VGPU_BENCH_PACED_LAUNCHES", 200_000).to_string();
+    let machine = SimMachine::new("bench-paced");
+    // (label, preload, environment). The memory limit is far above what the bench uses.
+    let configs: [(&str, bool, &[(&str, &str)]); 5] = [
+        ("driver alone", false, &[]),
+        ("libvgpu, no limit (forwarding)", true, &[]),
+        (
+            "libvgpu, memory limit",
+            true,
+            &[("CUDA_DEVICE_MEMORY_LIMIT", "32g")],
+        ),
+        (
+            "libvgpu, SM limit 50 %, 2 GPUs",
+            true,
+            &[
+                ("CUDA_DEVICE_MEMORY_LIMIT", "32g"),
+                ("CUDA_DEVICE_SM_LIMIT", "50"),
+            ],
+        ),
+        (
+            "libvgpu, SM limit 50 %, 1 GPU",
+            true,
+            &[
+                ("CUDA_DEVICE_MEMORY_LIMIT", "32g"),
+                ("CUDA_DEVICE_SM_LIMIT", "50"),
+                ("CUDA_VISIBLE_DEVICES", "0"),
+            ],
+        ),
+    ];
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+    for _ in 0..runs {
+        for (i, (_, preload, env)) in configs.iter().enumerate() {
+            let exe = bench_probe();
+            let mut cmd = if *preload {
+                machine.preloaded(&exe)
+            } else {
+                machine.command(&exe)
+            };
+            cmd.envs(env.iter().copied()).args(["paced", &launches]);
+            let out = testkit::run(&mut cmd, Duration::from_secs(600));
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "bench paced failed: {stdout}");
+            let ns = stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("op cuLaunchKernel(paced) "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .expect("paced result");
+            samples[i].push(ns);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let medians: Vec<f64> = samples.iter_mut().map(median).collect();
+    let rows: Vec<_> = configs
+        .iter()
+        .zip(&medians)
+        .map(|((label, _, _), ours)| (label.to_string(), medians[0], *ours))
+        .collect();
+    table(
+        &format!(
+            "unthrottled cuLaunchKernel, paced (median of {runs} processes; \"driver ns\" is the driver alone)"
+        ),
+        &rows,
+    );
+    println!(
+        "SM limit over memory limit alone: {:+.1} ns (2 GPUs), {:+.1} ns (1 GPU)",
+        medians[3] - medians[2],
+        medians[4] - medians[2]
+    );
+}
+
 fn live() {
     let count = env_or("VGPU_BENCH_LIVE", 1_000_000).to_string();
     let machine = SimMachine::new("bench-live");
@@ -184,6 +268,9 @@ fn main() {
     let wanted = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
     if wanted("ops") {
         ops();
+    }
+    if wanted("paced") {
+        paced();
     }
     if wanted("live") {
         live();

@@ -115,6 +115,8 @@ impl Compute {
             pair.end.store(0, Ordering::Relaxed);
         }
         self.gate.forget_probes_after_fork();
+        // The forking thread is the child's only thread: its credit was paid by the parent.
+        crate::sys::thread_state::with(|thread| thread.launcher.clear());
     }
 
     /// Learns every visible device's SM count (cold, once; retried until the driver answers).
@@ -198,22 +200,56 @@ pub fn launch(
     let mut probes = HookProbes {
         events: &compute.events,
     };
-    let ticket = compute
-        .gate
-        .admit(view, device, &work, &SystemClock, &mut probes);
-    let started = ticket
-        .probe()
-        .is_some_and(|probe| probes.start(probe, &placement, foreign_context));
-    let result = submit();
-    finish(
+    let ticket = crate::sys::thread_state::with(|thread| {
+        compute.gate.admit(
+            view,
+            device,
+            &work,
+            &SystemClock,
+            &mut probes,
+            &thread.launcher,
+        )
+    });
+    if ticket.probe().is_none() {
+        // The common case: nothing to measure, so nothing around the real call.
+        let result = submit();
+        let outcome = if result == SUCCESS {
+            LaunchOutcome::Submitted {
+                probe_recorded: false,
+            }
+        } else {
+            LaunchOutcome::Refused
+        };
+        compute.gate.launched(view, ticket, outcome, &SystemClock);
+        return result;
+    }
+    launch_probed(
         compute,
         view,
         &mut probes,
         ticket,
-        started,
         &placement,
-        result,
-    );
+        foreign_context,
+        submit,
+    )
+}
+
+/// [`launch`] for a launch the gate wants measured: the probe's events around the real call.
+#[inline(never)]
+fn launch_probed(
+    compute: &Compute,
+    view: &SharedView<'_>,
+    probes: &mut HookProbes<'_>,
+    ticket: Ticket,
+    placement: &Placement,
+    foreign_context: Option<CUcontext>,
+    submit: impl FnOnce() -> CUresult,
+) -> CUresult {
+    let started = ticket
+        .probe()
+        .is_some_and(|probe| probes.start(probe, placement, foreign_context));
+    let result = submit();
+    finish(compute, view, probes, ticket, started, placement, result);
     result
 }
 
@@ -312,9 +348,16 @@ pub fn launch_multi_device(
             blocks(params.gridDimX, params.gridDimY, params.gridDimZ),
             threads(params.blockDimX, params.blockDimY, params.blockDimZ),
         );
-        let ticket = compute
-            .gate
-            .admit(view, device, &work, &SystemClock, &mut probes);
+        let ticket = crate::sys::thread_state::with(|thread| {
+            compute.gate.admit(
+                view,
+                device,
+                &work,
+                &SystemClock,
+                &mut probes,
+                &thread.launcher,
+            )
+        });
         let started = ticket
             .probe()
             .is_some_and(|probe| probes.start(probe, &placement, foreign_context));

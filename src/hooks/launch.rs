@@ -80,7 +80,7 @@ pub unsafe fn kernel(
     params: *mut *mut c_void,
     extra: *mut *mut c_void,
 ) -> CUresult {
-    kernel_on_current(f, [gx, gy, gz], [bx, by, bz], stream, false, || {
+    kernel_on_current(f, [gx, gy, gz], [bx, by, bz], stream, false, move || {
         // SAFETY: the caller's arguments, unchanged.
         unsafe {
             real_cuda().cuLaunchKernel(
@@ -116,7 +116,7 @@ pub unsafe fn kernel_ptsz(
     params: *mut *mut c_void,
     extra: *mut *mut c_void,
 ) -> CUresult {
-    kernel_on_current(f, [gx, gy, gz], [bx, by, bz], stream, true, || {
+    kernel_on_current(f, [gx, gy, gz], [bx, by, bz], stream, true, move || {
         // SAFETY: the caller's arguments, unchanged.
         unsafe {
             real_cuda().cuLaunchKernel_ptsz(
@@ -150,7 +150,7 @@ pub unsafe fn cooperative(
     stream: CUstream,
     params: *mut *mut c_void,
 ) -> CUresult {
-    kernel_on_current(f, [gx, gy, gz], [bx, by, bz], stream, false, || {
+    kernel_on_current(f, [gx, gy, gz], [bx, by, bz], stream, false, move || {
         // SAFETY: the caller's arguments, unchanged.
         unsafe {
             real_cuda().cuLaunchCooperativeKernel(
@@ -183,7 +183,7 @@ pub unsafe fn cooperative_ptsz(
     stream: CUstream,
     params: *mut *mut c_void,
 ) -> CUresult {
-    kernel_on_current(f, [gx, gy, gz], [bx, by, bz], stream, true, || {
+    kernel_on_current(f, [gx, gy, gz], [bx, by, bz], stream, true, move || {
         // SAFETY: the caller's arguments, unchanged.
         unsafe {
             real_cuda().cuLaunchCooperativeKernel_ptsz(
@@ -242,7 +242,7 @@ pub unsafe fn kernel_ex(
     params: *mut *mut c_void,
     extra: *mut *mut c_void,
 ) -> CUresult {
-    kernel_ex_with(config, f, false, || {
+    kernel_ex_with(config, f, false, move || {
         // SAFETY: the caller's arguments, unchanged.
         unsafe { real_cuda().cuLaunchKernelEx(config, f, params, extra) }
     })
@@ -255,7 +255,7 @@ pub unsafe fn kernel_ex_ptsz(
     params: *mut *mut c_void,
     extra: *mut *mut c_void,
 ) -> CUresult {
-    kernel_ex_with(config, f, true, || {
+    kernel_ex_with(config, f, true, move || {
         // SAFETY: the caller's arguments, unchanged.
         unsafe { real_cuda().cuLaunchKernelEx_ptsz(config, f, params, extra) }
     })
@@ -267,7 +267,7 @@ pub unsafe fn cooperative_multi_device(
     count: c_uint,
     flags: c_uint,
 ) -> CUresult {
-    let submit = || {
+    let submit = move || {
         // SAFETY: the caller's arguments, unchanged.
         unsafe { real_cuda().cuLaunchCooperativeKernelMultiDevice(list, count, flags) }
     };
@@ -303,7 +303,7 @@ fn graph_with(
 
 /// Body of `cuGraphLaunch`.
 pub unsafe fn graph(exec: CUgraphExec, stream: CUstream) -> CUresult {
-    graph_with(exec, stream, false, || {
+    graph_with(exec, stream, false, move || {
         // SAFETY: the caller's arguments, unchanged.
         unsafe { real_cuda().cuGraphLaunch(exec, stream) }
     })
@@ -311,7 +311,7 @@ pub unsafe fn graph(exec: CUgraphExec, stream: CUstream) -> CUresult {
 
 /// Body of `cuGraphLaunch_ptsz`.
 pub unsafe fn graph_ptsz(exec: CUgraphExec, stream: CUstream) -> CUresult {
-    graph_with(exec, stream, true, || {
+    graph_with(exec, stream, true, move || {
         // SAFETY: the caller's arguments, unchanged.
         unsafe { real_cuda().cuGraphLaunch_ptsz(exec, stream) }
     })

@@ -9,7 +9,7 @@
 //! surplus of it for a late `dlopen` of a small block like this one (libvgpu's whole TLS segment is
 //! about a hundred bytes). Other architectures use a const-initialised `thread_local!`.
 //!
-//! Every field is a `Cell` whose all-zero value is the initial state, because the TLS image is
+//! Every field is a `Cell` (or a struct of them) whose all-zero value is the initial state, because the TLS image is
 //! zero-filled `.tbss`: no constructor runs and nothing is dropped, so the block works before Rust's
 //! runtime is up and while a thread exits (style.md rule 7).
 
@@ -27,6 +27,8 @@ pub struct ThreadState {
     pub device_generation: Cell<u32>,
     /// The context of the cached answer (0: none).
     pub device_context: Cell<usize>,
+    /// This thread's launch credit and memo (`limiter::Launcher`; all-zero is its empty state).
+    pub launcher: crate::limiter::Launcher,
 }
 
 /// Runs `f` with this thread's state. The reference cannot leave the closure (or the thread).
@@ -92,6 +94,7 @@ mod imp {
                 device_index_plus_one: Cell::new(0),
                 device_generation: Cell::new(0),
                 device_context: Cell::new(0),
+                launcher: crate::limiter::Launcher::new(),
             }
         };
     }

@@ -87,6 +87,13 @@ impl CostEntry {
                 .is_ok()
     }
 
+    /// When this key is next due for a sample (coarse-clock ns): until then a thread may charge
+    /// the estimate it read without looking again (`Launcher`).
+    #[inline]
+    pub(crate) fn sample_due_ns(&self) -> u64 {
+        self.next_sample_ns.load(Ordering::Relaxed)
+    }
+
     /// Gives back a claim that was not used (no probe slot free, or the launch was not admitted),
     /// so the next launch can sample instead.
     pub(crate) fn unclaim_sample(&self) {

@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use super::backoff::{backoff, Pause};
 use super::bucket::{Acquire, Bucket, BucketParams, SharedBucket, SharedLimiter};
 use super::cost::{mix_key, CostEntry, CostTable};
-use super::priority::{enforcing, mark_active, priority_blocked};
+use super::launcher::{Launcher, CREDIT_CHUNK_NS};
+use super::priority::{enforcing, mark_active, priority_blocked, RECENT_KERNEL_ACTIVE};
 use super::tuning::{
     BURST_WALL_NS, DEFAULT_PRIOR_NS, LEARNING_LEASE_NS, LEARNING_RETRY_NS, MAX_POLL_GAP_NS,
     MAX_PROBES, MIN_POLL_GAP_NS, PRIORITY_RETRY_NS,
@@ -277,17 +278,21 @@ enum Confidence {
 
 /// The process's compute limiter. Build one at init (it allocates its tables there), share it by
 /// reference between threads; every method takes `&self`.
+///
+/// `repr(C)` for the order: every launch reads the first fields (and the first devices' limits),
+/// so they share the first cache lines; the probe slots, read only while measuring, come last.
 #[derive(Debug)]
+#[repr(C)]
 pub struct LaunchGate {
-    policy: CorePolicy,
-    kernel_time_interval_ns: u64,
-    devices: [DeviceState; MAX_DEVICES],
-    costs: CostTable,
-    probes: [ProbeSlot; MAX_PROBES],
     /// Earliest `next_poll_ns` over in-flight probes; `u64::MAX` when none. The launch path
     /// compares the clock with it and does nothing else when no probe is due.
     earliest_poll_ns: AtomicU64,
     next_kernel_time_stamp_ns: AtomicU64,
+    kernel_time_interval_ns: u64,
+    policy: CorePolicy,
+    devices: [DeviceState; MAX_DEVICES],
+    costs: CostTable,
+    probes: [ProbeSlot; MAX_PROBES],
 }
 
 impl LaunchGate {
@@ -359,7 +364,15 @@ impl LaunchGate {
 
     /// Admits one launch: polls due probes, asks [`before_launch`](Self::before_launch), and
     /// pauses in this (the launching) thread until the answer is `Go`. The hook's whole wait loop.
-    #[inline]
+    /// `launcher` is the calling thread's own state (its credit and memo, see [`Launcher`]).
+    ///
+    /// The common cases are decided inline with one coarse clock read, the region's
+    /// `recent_kernel` line, the gate's first cache line and the thread's `launcher`: a launch on
+    /// a device without a limit, and a remembered kernel with credit left. No shared-bucket access,
+    /// no cost-table lookup, no write outside the thread. Anything else (a probe due, a kernel time
+    /// stamp due, `recent_kernel` not at its steady value, no memo or no credit) takes the full
+    /// path, which decides everything again.
+    #[inline(always)]
     pub fn admit<C: Clock, P: ProbeDriver>(
         &self,
         view: &SharedView<'_>,
@@ -367,12 +380,52 @@ impl LaunchGate {
         work: &Work,
         clock: &C,
         driver: &mut P,
+        launcher: &Launcher,
     ) -> Ticket {
-        self.poll_probes(view, clock, driver);
-        match self.before_launch(view, device, work, clock) {
+        let now_ns = clock.coarse_monotonic_ns();
+        if now_ns < self.earliest_poll_ns.load(Ordering::Relaxed)
+            && now_ns < self.next_kernel_time_stamp_ns.load(Ordering::Relaxed)
+            && view.recent_kernel.load(Ordering::Relaxed) == RECENT_KERNEL_ACTIVE
+        {
+            let Some(state) = self.devices.get(device) else {
+                return Ticket::free(device);
+            };
+            if state.params.is_none()
+                || !enforcing(self.policy, view.utilization_switch.load(Ordering::Relaxed))
+            {
+                return Ticket::free(device);
+            }
+            if let Some(cost_ns) = launcher.remembered_cost(work, device, now_ns) {
+                if launcher.spend(device, cost_ns) {
+                    return Ticket {
+                        device: device as u8,
+                        charged_ns: cost_ns,
+                        probe: None,
+                    };
+                }
+            }
+        }
+        self.admit_full(view, device, work, now_ns, clock, driver, launcher)
+    }
+
+    /// [`admit`](Self::admit) beyond its inline cases: polls due probes, decides, and waits.
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn admit_full<C: Clock, P: ProbeDriver>(
+        &self,
+        view: &SharedView<'_>,
+        device: usize,
+        work: &Work,
+        now_ns: u64,
+        clock: &C,
+        driver: &mut P,
+        launcher: &Launcher,
+    ) -> Ticket {
+        self.poll_probes_at(view, now_ns, driver);
+        match self.decide(view, device, work, now_ns, clock, Some(launcher)) {
             Decision::Go(ticket) => ticket,
             Decision::Wait { retry_in_ns, .. } => {
-                self.admit_after_wait(view, device, work, clock, driver, retry_in_ns)
+                self.admit_after_wait(view, device, work, clock, driver, launcher, retry_in_ns)
             }
         }
     }
@@ -381,6 +434,7 @@ impl LaunchGate {
     /// what waiting needs (the pauses and their thread-locals) costs the fast path nothing.
     #[cold]
     #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
     fn admit_after_wait<C: Clock, P: ProbeDriver>(
         &self,
         view: &SharedView<'_>,
@@ -388,13 +442,15 @@ impl LaunchGate {
         work: &Work,
         clock: &C,
         driver: &mut P,
+        launcher: &Launcher,
         first_retry_in_ns: u64,
     ) -> Ticket {
         driver.pause(backoff(first_retry_in_ns, 0));
         let mut attempt = 1u32;
         loop {
-            self.poll_probes(view, clock, driver);
-            match self.before_launch(view, device, work, clock) {
+            let now_ns = clock.coarse_monotonic_ns();
+            self.poll_probes_at(view, now_ns, driver);
+            match self.decide(view, device, work, now_ns, clock, Some(launcher)) {
                 Decision::Go(ticket) => return ticket,
                 Decision::Wait { retry_in_ns, .. } => {
                     driver.pause(backoff(retry_in_ns, attempt));
@@ -413,12 +469,17 @@ impl LaunchGate {
         clock: &C,
         driver: &mut P,
     ) {
-        let earliest = self.earliest_poll_ns.load(Ordering::Relaxed);
-        if earliest == u64::MAX {
+        if self.earliest_poll_ns.load(Ordering::Relaxed) == u64::MAX {
             return;
         }
-        let now_ns = clock.coarse_monotonic_ns();
-        if now_ns < earliest {
+        self.poll_probes_at(view, clock.coarse_monotonic_ns(), driver);
+    }
+
+    /// [`poll_probes`](Self::poll_probes) with the clock already read: one relaxed load and a
+    /// compare when no probe is due.
+    #[inline]
+    fn poll_probes_at<P: ProbeDriver>(&self, view: &SharedView<'_>, now_ns: u64, driver: &mut P) {
+        if now_ns < self.earliest_poll_ns.load(Ordering::Relaxed) {
             return;
         }
         for _ in 0..MAX_POLLS_PER_CALL {
@@ -432,13 +493,14 @@ impl LaunchGate {
         }
     }
 
-    /// Decides one launch on `device` (region index). Never waits itself.
+    /// Decides one launch on `device` (region index) for a caller without thread state: every
+    /// limited launch is charged to the shared bucket itself. Never waits.
     ///
     /// Unlimited path (no limit on the device, policy `disable`, or `default` with the switch
     /// off): one relaxed load of the tail line (`recent_kernel`; `utilization_switch` shares its
     /// cache line), no write unless `recent_kernel` changes, one coarse clock read. Limited path:
-    /// the same, plus one precise clock read, process-local cost table loads and one CAS on the
-    /// device's bucket line.
+    /// the same, plus process-local cost table loads and one CAS on the device's bucket line (and
+    /// one precise clock read when the coarse one says wait).
     #[inline]
     pub fn before_launch<C: Clock>(
         &self,
@@ -446,6 +508,41 @@ impl LaunchGate {
         device: usize,
         work: &Work,
         clock: &C,
+    ) -> Decision {
+        self.decide(view, device, work, clock.coarse_monotonic_ns(), clock, None)
+    }
+
+    /// [`before_launch`](Self::before_launch) for a thread with its [`Launcher`]: a remembered
+    /// launch shape is paid from the thread's credit, and credit is bought in chunks. What
+    /// [`admit`](Self::admit) decides with; for callers that run their own wait loop.
+    #[inline]
+    pub fn before_launch_for<C: Clock>(
+        &self,
+        view: &SharedView<'_>,
+        device: usize,
+        work: &Work,
+        clock: &C,
+        launcher: &Launcher,
+    ) -> Decision {
+        self.decide(
+            view,
+            device,
+            work,
+            clock.coarse_monotonic_ns(),
+            clock,
+            Some(launcher),
+        )
+    }
+
+    #[inline]
+    fn decide<C: Clock>(
+        &self,
+        view: &SharedView<'_>,
+        device: usize,
+        work: &Work,
+        coarse_ns: u64,
+        clock: &C,
+        launcher: Option<&Launcher>,
     ) -> Decision {
         let recent_kernel = view.recent_kernel.load(Ordering::Relaxed);
         if priority_blocked(self.policy, recent_kernel) {
@@ -455,7 +552,6 @@ impl LaunchGate {
             };
         }
         mark_active(view.recent_kernel, recent_kernel);
-        let coarse_ns = clock.coarse_monotonic_ns();
         self.stamp_kernel_time(view, coarse_ns, clock);
 
         let Some(state) = self.devices.get(device) else {
@@ -467,19 +563,37 @@ impl LaunchGate {
         if !enforcing(self.policy, view.utilization_switch.load(Ordering::Relaxed)) {
             return Decision::Go(Ticket::free(device));
         }
+        if let Some(launcher) = launcher {
+            // The fast path: a launch shape this thread paid for recently, whose cost is not due
+            // for a new measurement, and credit to cover it.
+            if let Some(cost_ns) = launcher.remembered_cost(work, device, coarse_ns) {
+                if launcher.spend(device, cost_ns) {
+                    return Decision::Go(Ticket {
+                        device: device as u8,
+                        charged_ns: cost_ns,
+                        probe: None,
+                    });
+                }
+            }
+        }
         let bucket = Bucket::new(&view.limiter.buckets[device], params);
-        self.limited_launch(state, bucket, device, work, coarse_ns, clock)
+        self.limited_launch(
+            view, state, bucket, device, work, coarse_ns, clock, launcher,
+        )
     }
 
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn limited_launch<C: Clock>(
         &self,
+        view: &SharedView<'_>,
         state: &DeviceState,
         bucket: Bucket<'_>,
         device: usize,
         work: &Work,
         now_ns: u64,
         clock: &C,
+        launcher: Option<&Launcher>,
     ) -> Decision {
         // `now_ns` is the coarse clock, never ahead of the precise one: a grant at coarse time is
         // also a grant at precise time, so only a refusal is checked again with the precise clock.
@@ -552,13 +666,30 @@ impl LaunchGate {
             }
         }
 
-        let mut acquired = bucket.acquire(cost_ns, now_ns);
-        if let Acquire::Wait { .. } = acquired {
-            let precise_ns = clock.monotonic_ns();
-            if precise_ns > now_ns {
-                acquired = bucket.acquire(cost_ns, precise_ns);
+        // Pay: from the thread's credit if it covers the cost, else buy (the cost, or a whole
+        // chunk of credit for a thread with a launcher) from the container's bucket.
+        let paid_from_credit = launcher.is_some_and(|l| l.spend(device, cost_ns));
+        let mut bought_ns = cost_ns;
+        let acquired = if paid_from_credit {
+            Acquire::Granted
+        } else {
+            if let Some(launcher) = launcher {
+                if let Some((other, credit)) = launcher.take_credit_elsewhere(device) {
+                    if let Some(other_bucket) = self.bucket(view, other) {
+                        other_bucket.adjust(-(credit.min(i64::MAX as u64) as i64), now_ns);
+                    }
+                }
+                bought_ns = cost_ns.max(CREDIT_CHUNK_NS);
             }
-        }
+            let mut acquired = bucket.acquire(bought_ns, now_ns);
+            if let Acquire::Wait { .. } = acquired {
+                let precise_ns = clock.monotonic_ns();
+                if precise_ns > now_ns {
+                    acquired = bucket.acquire(bought_ns, precise_ns);
+                }
+            }
+            acquired
+        };
         match acquired {
             Acquire::Wait { wall_ns } => {
                 give_back(probe);
@@ -568,6 +699,16 @@ impl LaunchGate {
                 }
             }
             Acquire::Granted => {
+                if let Some(launcher) = launcher {
+                    if !paid_from_credit && bought_ns > cost_ns {
+                        launcher.add_credit(device, bought_ns - cost_ns);
+                    }
+                    // Remember only measured costs, until the kernel is next due for a sample (a
+                    // guess must keep going through the table, which learns and probes).
+                    if let Some(entry) = sample_entry.filter(|_| confidence == Confidence::Known) {
+                        launcher.remember(work, device, cost_ns, entry.sample_due_ns());
+                    }
+                }
                 if let Some(probe) = probe {
                     let slot = &self.probes[probe.index()];
                     slot.device.store(device as u32, Ordering::Relaxed);
@@ -630,8 +771,8 @@ impl LaunchGate {
     }
 
     /// After the real launch call. Refunds a refused launch; starts the clock on a probe. Reads
-    /// no clock for an unlimited launch.
-    #[inline]
+    /// no clock for a launch without a probe that the driver took (the common case, inline).
+    #[inline(always)]
     pub fn launched<C: Clock>(
         &self,
         view: &SharedView<'_>,
@@ -639,13 +780,20 @@ impl LaunchGate {
         outcome: LaunchOutcome,
         clock: &C,
     ) {
-        // The common case, a launch without a probe that the driver took: nothing to do, no clock.
-        if ticket.probe.is_none() && outcome != LaunchOutcome::Refused {
+        if ticket.probe.is_none() && (outcome != LaunchOutcome::Refused || ticket.charged_ns == 0) {
             return;
         }
-        if ticket.charged_ns == 0 && ticket.probe.is_none() {
-            return;
-        }
+        self.launched_with_effect(view, ticket, outcome, clock);
+    }
+
+    #[inline(never)]
+    fn launched_with_effect<C: Clock>(
+        &self,
+        view: &SharedView<'_>,
+        ticket: Ticket,
+        outcome: LaunchOutcome,
+        clock: &C,
+    ) {
         let now_ns = clock.coarse_monotonic_ns();
         let device = usize::from(ticket.device);
         if outcome == LaunchOutcome::Refused && ticket.charged_ns > 0 {

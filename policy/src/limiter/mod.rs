@@ -29,6 +29,7 @@ mod backoff;
 mod bucket;
 mod cost;
 mod gate;
+mod launcher;
 mod priority;
 
 #[cfg(test)]
@@ -42,6 +43,7 @@ pub use gate::{
     Decision, LaunchGate, LaunchOutcome, ProbeDisposal, ProbeDriver, ProbeId, ProbeResult,
     SharedView, Ticket, WaitReason, Work, WorkKind,
 };
+pub use launcher::{Launcher, CREDIT_CHUNK_NS};
 pub use priority::{enforcing, priority_blocked};
 
 /// Devices a container can have (HAMi's region arrays are 16 long, hami-contract.md 3.1).

@@ -19,6 +19,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use super::gate::{LaunchGate, ProbeDriver, ProbeId, ProbeResult, SharedView, Work};
+use super::launcher::Launcher;
 use super::{
     backoff, Clock, Decision, GateConfig, LaunchOutcome, Pause, SharedLimiter, WaitReason,
 };
@@ -276,6 +277,8 @@ struct ProbeRecord {
 struct Proc {
     spec: ProcessSpec,
     gate: LaunchGate,
+    /// The launching thread's credit and memo, as the hooks keep one per thread.
+    launcher: Launcher,
     state: ProcState,
     wake_ns: u64,
     next_item: usize,
@@ -341,6 +344,7 @@ impl Sim {
                     wake_ns: spec.start_ns,
                     spec,
                     gate,
+                    launcher: Launcher::new(),
                     state: ProcState::Ready,
                     next_item: 0,
                     attempt: 0,
@@ -613,7 +617,10 @@ impl Sim {
             now_ns: now,
         };
         proc.gate.poll_probes(&view, &clock, &mut driver);
-        match proc.gate.before_launch(&view, device, &item.work, &clock) {
+        match proc
+            .gate
+            .before_launch_for(&view, device, &item.work, &clock, &proc.launcher)
+        {
             Decision::Go(ticket) => {
                 proc.attempt = 0;
                 proc.stats.launches += 1;

@@ -696,7 +696,8 @@ fn admit_waits_in_the_calling_thread_until_the_budget_allows() {
     let now = std::cell::Cell::new(S);
     let mut driver = Advancing(&now, 0);
     let clock = CellClock(&now);
-    let first = gate.admit(&view, 0, &KERNEL, &clock, &mut driver);
+    let launcher = Launcher::new();
+    let first = gate.admit(&view, 0, &KERNEL, &clock, &mut driver, &launcher);
     gate.launched(
         &view,
         first,
@@ -708,7 +709,7 @@ fn admit_waits_in_the_calling_thread_until_the_budget_allows() {
     // 1 ms later the first probe is due: the next admit polls it first.
     let resumed = S + MS;
     now.set(resumed);
-    let second = gate.admit(&view, 0, &KERNEL, &clock, &mut driver);
+    let second = gate.admit(&view, 0, &KERNEL, &clock, &mut driver, &launcher);
     // The first launch was charged the 100 us prior out of a 5 ms burst (10 % of 50 ms) and is
     // corrected to 20 ms: 15 ms of debt, which takes 150 ms of wall time at 10 %.
     let waited = now.get() - resumed;
@@ -1252,6 +1253,29 @@ fn gate_overhead() {
         let per = start.elapsed().as_nanos() as f64 / n as f64;
         println!("{label}: {per:.1} ns per launch (poll + before_launch + launched)");
     }
+    {
+        // What the hooks run: `admit` with the thread's launcher (memo and credit).
+        let shared = LocalShared::new();
+        let view = shared.view();
+        let gate = LaunchGate::new(&config(99, CorePolicy::Force));
+        teach(&gate, &view, 0, 1, S);
+        let launcher = Launcher::new();
+        let start = std::time::Instant::now();
+        for i in 0..n {
+            let now = 2 * S + i * 10;
+            let ticket = gate.admit(&view, 0, &KERNEL, &SimClock(now), &mut NoProbes, &launcher);
+            gate.launched(
+                &view,
+                ticket,
+                LaunchOutcome::Submitted {
+                    probe_recorded: false,
+                },
+                &SimClock(now),
+            );
+        }
+        let per = start.elapsed().as_nanos() as f64 / n as f64;
+        println!("limited, known kernel, in budget, admit with the thread's launcher: {per:.1} ns per launch (admit + launched)");
+    }
     // The same with the system clock read the way the hooks will (vDSO clock_gettime).
     struct SystemClock(std::time::Instant);
     impl Clock for SystemClock {
@@ -1291,4 +1315,201 @@ fn gate_overhead() {
         let per = start.elapsed().as_nanos() as f64 / n as f64;
         println!("{label}, system clock (no coarse clock here: one precise read per launch): {per:.1} ns per launch");
     }
+}
+
+// ---- the launching thread's credit and memo (`Launcher`) -------------------------------------------
+
+/// One launch through `before_launch_for` with `launcher`, taken by the driver (no probe recorded).
+fn launch_with(
+    gate: &LaunchGate,
+    view: &SharedView<'_>,
+    launcher: &Launcher,
+    device: usize,
+    now: u64,
+) -> Ticket {
+    let ticket = go(gate.before_launch_for(view, device, &KERNEL, &SimClock(now), launcher));
+    gate.launched(
+        view,
+        ticket,
+        LaunchOutcome::Submitted {
+            probe_recorded: false,
+        },
+        &SimClock(now),
+    );
+    ticket
+}
+
+fn paid_until(shared: &LocalShared, device: usize) -> u64 {
+    shared.view().limiter.buckets[device]
+        .paid_until_ns
+        .load(Ordering::Relaxed)
+}
+
+#[test]
+fn a_thread_buys_credit_in_chunks_and_spends_it_without_touching_the_bucket() {
+    let shared = LocalShared::new();
+    let view = shared.view();
+    let gate = LaunchGate::new(&config(50, CorePolicy::Force));
+    let cost = 2 * US;
+    teach(&gate, &view, 0, cost, S);
+    let launcher = Launcher::new();
+    let now = 2 * S;
+    // The first launch buys one chunk: the bucket moves by the chunk's wall time at 50 %.
+    let before = paid_until(&shared, 0);
+    let first = launch_with(&gate, &view, &launcher, 0, now);
+    assert_eq!(first.charged_ns(), cost);
+    let after_first = paid_until(&shared, 0);
+    let chunk_wall = 2 * CREDIT_CHUNK_NS;
+    assert_eq!(after_first - before.max(now - BURST_WALL_NS), chunk_wall);
+    assert_eq!(launcher.credit_ns(0), CREDIT_CHUNK_NS - cost);
+    // The chunk pays for CREDIT_CHUNK_NS / cost launches in all; none of the others touch the bucket.
+    let per_chunk = CREDIT_CHUNK_NS / cost;
+    for _ in 1..per_chunk {
+        let ticket = launch_with(&gate, &view, &launcher, 0, now);
+        assert_eq!(ticket.charged_ns(), cost);
+        assert_eq!(
+            paid_until(&shared, 0),
+            after_first,
+            "paid from the thread's credit"
+        );
+    }
+    assert_eq!(launcher.credit_ns(0), 0);
+    // The next one buys the next chunk.
+    launch_with(&gate, &view, &launcher, 0, now);
+    assert_eq!(paid_until(&shared, 0), after_first + chunk_wall);
+}
+
+#[test]
+fn credit_does_not_bend_the_rate() {
+    // A loop of 2 us kernels at 20 %, paid through a launcher, for 10 s of fake time: the device
+    // time admitted is 20 % of the wall time, give or take the burst and one chunk.
+    let shared = LocalShared::new();
+    let view = shared.view();
+    let gate = LaunchGate::new(&config(20, CorePolicy::Force));
+    let cost = 2 * US;
+    teach(&gate, &view, 0, cost, S);
+    let launcher = Launcher::new();
+    let start = 2 * S;
+    let end = start + 10 * S;
+    let mut now = start;
+    let mut admitted = 0u64;
+    while now < end {
+        match gate.before_launch_for(&view, 0, &KERNEL, &SimClock(now), &launcher) {
+            Decision::Go(ticket) => {
+                admitted += ticket.charged_ns();
+                now += 100; // the host's own time per launch
+            }
+            Decision::Wait { retry_in_ns, .. } => now += retry_in_ns.max(1),
+        }
+    }
+    let expected = (end - start) / 5;
+    let slack = BURST_WALL_NS / 5 + CREDIT_CHUNK_NS + cost;
+    assert!(
+        admitted.abs_diff(expected) <= slack,
+        "admitted {admitted} ns of device time, expected {expected} +- {slack}"
+    );
+}
+
+#[test]
+fn a_new_estimate_reaches_a_remembering_thread_within_one_sample_interval() {
+    let shared = LocalShared::new();
+    let view = shared.view();
+    let gate = LaunchGate::new(&config(90, CorePolicy::Force));
+    teach(&gate, &view, 0, 2 * US, S);
+    let launcher = Launcher::new();
+    let now = 2 * S;
+    assert_eq!(
+        launch_with(&gate, &view, &launcher, 0, now).charged_ns(),
+        2 * US
+    );
+    // The kernel gets slower: a later sample (another thread's, or this one's) says 3 us. Feed
+    // enough samples that the estimator believes it.
+    let mut t = now + SAMPLE_INTERVAL_NS;
+    while gate.estimate_ns(0, &KERNEL) != 3 * US {
+        let ticket = go(gate.before_launch(&view, 0, &KERNEL, &SimClock(t)));
+        let Some(probe) = ticket.probe() else {
+            t += SAMPLE_INTERVAL_NS;
+            continue;
+        };
+        gate.launched(
+            &view,
+            ticket,
+            LaunchOutcome::Submitted {
+                probe_recorded: true,
+            },
+            &SimClock(t),
+        );
+        t += MS;
+        assert_eq!(gate.claim_due_probe(t + 10 * MS), Some(probe));
+        gate.probe_result(
+            &view,
+            probe,
+            ProbeResult::Elapsed { device_ns: 3 * US },
+            t + 10 * MS,
+        );
+        t += SAMPLE_INTERVAL_NS;
+        assert!(t < 60 * S, "the estimator never moved to the new cost");
+    }
+    // The remembering thread charges the new cost once its memo is stale, which is at most one
+    // sample interval after its last full look.
+    let ticket = launch_with(&gate, &view, &launcher, 0, t + SAMPLE_INTERVAL_NS);
+    assert_eq!(ticket.charged_ns(), 3 * US);
+}
+
+#[test]
+fn credit_goes_back_to_its_bucket_when_the_thread_moves_to_another_device() {
+    let shared = LocalShared::new();
+    let view = shared.view();
+    let gate = LaunchGate::new(&config(50, CorePolicy::Force));
+    teach(&gate, &view, 0, 2 * US, S);
+    teach(&gate, &view, 1, 2 * US, S);
+    let launcher = Launcher::new();
+    let now = 2 * S;
+    let bucket0 = gate.bucket(&view, 0).expect("limited");
+    let fresh = bucket0.balance_device_ns(now);
+    launch_with(&gate, &view, &launcher, 0, now);
+    assert_eq!(launcher.credit_ns(0), CREDIT_CHUNK_NS - 2 * US);
+    assert_eq!(
+        bucket0.balance_device_ns(now),
+        fresh - CREDIT_CHUNK_NS as i64
+    );
+    launch_with(&gate, &view, &launcher, 1, now);
+    assert_eq!(launcher.credit_ns(0), 0);
+    assert_eq!(launcher.credit_ns(1), CREDIT_CHUNK_NS - 2 * US);
+    // Device 0 paid only for the one launch it ran.
+    assert_eq!(bucket0.balance_device_ns(now), fresh - 2 * US as i64);
+}
+
+#[test]
+fn a_refused_launch_paid_from_credit_is_refunded() {
+    let shared = LocalShared::new();
+    let view = shared.view();
+    let gate = LaunchGate::new(&config(50, CorePolicy::Force));
+    teach(&gate, &view, 0, 2 * US, S);
+    let launcher = Launcher::new();
+    let now = 2 * S;
+    launch_with(&gate, &view, &launcher, 0, now);
+    let bucket = gate.bucket(&view, 0).expect("limited");
+    let balance = bucket.balance_device_ns(now);
+    let ticket = go(gate.before_launch_for(&view, 0, &KERNEL, &SimClock(now), &launcher));
+    assert_eq!(ticket.charged_ns(), 2 * US);
+    gate.launched(&view, ticket, LaunchOutcome::Refused, &SimClock(now));
+    assert_eq!(bucket.balance_device_ns(now), balance + 2 * US as i64);
+}
+
+#[test]
+fn a_cleared_launcher_holds_nothing() {
+    let shared = LocalShared::new();
+    let view = shared.view();
+    let gate = LaunchGate::new(&config(50, CorePolicy::Force));
+    teach(&gate, &view, 0, 2 * US, S);
+    let launcher = Launcher::new();
+    launch_with(&gate, &view, &launcher, 0, 2 * S);
+    assert!(launcher.credit_ns(0) > 0);
+    launcher.clear();
+    assert_eq!(launcher.credit_ns(0), 0);
+    // Nothing remembered either: the next launch goes through the table and buys a new chunk.
+    let before = paid_until(&shared, 0);
+    launch_with(&gate, &view, &launcher, 0, 2 * S);
+    assert!(paid_until(&shared, 0) > before);
 }
