@@ -124,7 +124,8 @@ fn paced() {
     let launches = env_or("VGPU_BENCH_PACED_LAUNCHES", 200_000).to_string();
     let machine = SimMachine::new("bench-paced");
     // (label, preload, environment). The memory limit is far above what the bench uses.
-    let configs: [(&str, bool, &[(&str, &str)]); 5] = [
+    type Config<'a> = (&'a str, bool, &'a [(&'a str, &'a str)]);
+    let configs: [Config; 5] = [
         ("driver alone", false, &[]),
         ("libvgpu, no limit (forwarding)", true, &[]),
         (

@@ -48,6 +48,17 @@ struct MemoSlot {
     fresh_until_ns: Cell<u64>,
 }
 
+impl MemoSlot {
+    #[allow(clippy::declare_interior_mutable_const)] // copied into each slot, never shared
+    const EMPTY: MemoSlot = MemoSlot {
+        handle: Cell::new(0),
+        blocks: Cell::new(0),
+        shape: Cell::new(0),
+        cost_ns: Cell::new(0),
+        fresh_until_ns: Cell::new(0),
+    };
+}
+
 /// One thread's credit and memo. `!Sync`: only its thread uses it. `repr(C)`: the credit first,
 /// next to the hooks' re-entrancy flag in their thread-local block.
 #[derive(Debug, Default)]
@@ -80,17 +91,15 @@ fn slot_index(work: &Work) -> usize {
 impl Launcher {
     /// The empty state (what a zero-filled thread-local holds).
     pub const fn new() -> Launcher {
-        const EMPTY_SLOT: MemoSlot = MemoSlot {
-            handle: Cell::new(0),
-            blocks: Cell::new(0),
-            shape: Cell::new(0),
-            cost_ns: Cell::new(0),
-            fresh_until_ns: Cell::new(0),
-        };
         Launcher {
             credit_ns: Cell::new(0),
             credit_device: Cell::new(0),
-            slots: [EMPTY_SLOT; MEMO_SLOTS],
+            slots: [
+                MemoSlot::EMPTY,
+                MemoSlot::EMPTY,
+                MemoSlot::EMPTY,
+                MemoSlot::EMPTY,
+            ],
         }
     }
 
