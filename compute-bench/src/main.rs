@@ -269,9 +269,18 @@ struct Row {
     note: String,
 }
 
-/// Runs one case. `unlimited`: the same workload with no SM limit (a memory limit keeps libvgpu's
-/// hooks active), to measure what the workload can reach at all on this host.
-fn run_case(case: &Case, opts: &Options, unlimited: bool) -> (Vec<Row>, Vec<Series>) {
+/// Which containers of a case run without their SM limit (a memory limit keeps libvgpu's hooks
+/// active): to measure what a workload can reach at all on this host.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unlimit {
+    /// The case as specified.
+    None,
+    /// Container `i` unlimited, the others at their limits: what it can take next to them.
+    Container(usize),
+}
+
+/// Runs one case.
+fn run_case(case: &Case, opts: &Options, unlimit: Unlimit) -> (Vec<Row>, Vec<Series>) {
     let fail = |msg: String| {
         let rows = case
             .containers
@@ -325,7 +334,7 @@ fn run_case(case: &Case, opts: &Options, unlimited: bool) -> (Vec<Row>, Vec<Seri
                 )
                 .env(
                     "CUDA_DEVICE_SM_LIMIT",
-                    if unlimited {
+                    if unlimit == Unlimit::Container(ci) {
                         "0".to_string()
                     } else {
                         container.limit.to_string()
@@ -513,25 +522,32 @@ fn main() {
                     }
                 });
                 let Ok(Some((index, case))) = next else { break };
-                let (mut rows, series) = run_case(case, &opts, false);
-                // A single container that fell short: could this workload reach its target on
-                // this host at all? (A synced loop of 50 us kernels pays the host's launch and
-                // sync cost per kernel; CPU contention lowers that ceiling further.)
-                let short = rows.iter().any(|r| {
-                    r.result
-                        .as_ref()
-                        .is_ok_and(|a| !a.passes(r.target) && a.mean < r.target + 3.0)
-                });
-                if opts.ceiling && short && case.containers.len() == 1 {
-                    let (free, _) = run_case(case, &opts, true);
-                    if let (Some(row), Some(Ok(free))) =
-                        (rows.first_mut(), free.first().map(|r| &r.result))
-                    {
-                        let _ = write!(
-                            row.note,
-                            "unlimited, the same loop reaches {:.1}% (worst 1 s window {:.1}%); ",
-                            free.mean, free.worst_window
-                        );
+                let (mut rows, series) = run_case(case, &opts, Unlimit::None);
+                // A container that fell short: could this workload reach its target on this host
+                // at all, next to the case's other containers at their limits? (A synced loop of
+                // 50 us kernels pays the host's launch and sync cost per kernel, and waits behind
+                // the other container's kernels; CPU contention lowers that ceiling further.)
+                if opts.ceiling {
+                    for ci in 0..rows.len() {
+                        let short = rows[ci].result.as_ref().is_ok_and(|a| {
+                            !a.passes(rows[ci].target) && a.mean < rows[ci].target + 3.0
+                        });
+                        if !short {
+                            continue;
+                        }
+                        let (free, _) = run_case(case, &opts, Unlimit::Container(ci));
+                        if let Some(Ok(free)) = free.get(ci).map(|r| &r.result) {
+                            let alongside = if rows.len() > 1 {
+                                " next to the other container at its limit"
+                            } else {
+                                ""
+                            };
+                            let _ = write!(
+                                rows[ci].note,
+                                "unlimited{alongside}, the same loop reaches {:.1}% (worst 1 s window {:.1}%); ",
+                                free.mean, free.worst_window
+                            );
+                        }
                     }
                 }
                 if !series.is_empty() {

@@ -193,7 +193,10 @@ pub fn launch(
     } else {
         (NO_DEVICE, None)
     };
-    if compute.gate.enforcing_on(view, device) && capturing(&placement) {
+    if super::capture::any_in_progress()
+        && compute.gate.enforcing_on(view, device)
+        && capturing(&placement)
+    {
         // Captured work does not run now; the graph's replays pay for it.
         return submit();
     }
@@ -340,7 +343,10 @@ pub fn launch_multi_device(
         } else {
             (NO_DEVICE, None)
         };
-        if compute.gate.enforcing_on(view, device) && capturing(&placement) {
+        if super::capture::any_in_progress()
+            && compute.gate.enforcing_on(view, device)
+            && capturing(&placement)
+        {
             continue;
         }
         let work = Work::kernel(
@@ -450,12 +456,12 @@ fn device_of_context(rt: &Runtime, context: CUcontext) -> Option<usize> {
 }
 
 /// Whether the launch's stream is being captured into a graph (a failed query counts as no: the
-/// launch then fails or runs, and is paid either way). The driver is asked only while a capture is in
-/// progress somewhere in the process (`capture`): otherwise no stream can be capturing.
+/// launch then fails or runs, and is paid either way). Callers ask only while a capture is in
+/// progress somewhere in the process (`capture::any_in_progress`): otherwise no stream can be
+/// capturing.
 #[inline]
 fn capturing(placement: &Placement) -> bool {
-    super::capture::any_in_progress()
-        && super::capture::driver_says_capturing(placement.stream, placement.per_thread)
+    super::capture::driver_says_capturing(placement.stream, placement.per_thread)
 }
 
 /// The system clocks (vDSO reads).

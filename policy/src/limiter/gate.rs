@@ -366,8 +366,9 @@ impl LaunchGate {
     /// pauses in this (the launching) thread until the answer is `Go`. The hook's whole wait loop.
     /// `launcher` is the calling thread's own state (its credit and memo, see [`Launcher`]).
     ///
-    /// The common cases are decided inline with one coarse clock read, the region's
-    /// `recent_kernel` line, the gate's first cache line and the thread's `launcher`: a launch on
+    /// The common cases are decided inline with the coarse clock (read by the thread at most once
+    /// per few launches, [`Launcher::coarse_now`]), the region's `recent_kernel` line, the gate's
+    /// first cache line and the thread's `launcher`: a launch on
     /// a device without a limit, and a remembered kernel with credit left. No shared-bucket access,
     /// no cost-table lookup, no write outside the thread. Anything else (a probe due, a kernel time
     /// stamp due, `recent_kernel` not at its steady value, no memo or no credit) takes the full
@@ -382,7 +383,7 @@ impl LaunchGate {
         driver: &mut P,
         launcher: &Launcher,
     ) -> Ticket {
-        let now_ns = clock.coarse_monotonic_ns();
+        let now_ns = launcher.coarse_now(clock);
         if now_ns < self.earliest_poll_ns.load(Ordering::Relaxed)
             && now_ns < self.next_kernel_time_stamp_ns.load(Ordering::Relaxed)
             && view.recent_kernel.load(Ordering::Relaxed) == RECENT_KERNEL_ACTIVE
@@ -405,7 +406,7 @@ impl LaunchGate {
                 }
             }
         }
-        self.admit_full(view, device, work, now_ns, clock, driver, launcher)
+        self.admit_full(view, device, work, clock, driver, launcher)
     }
 
     /// [`admit`](Self::admit) beyond its inline cases: polls due probes, decides, and waits.
@@ -416,11 +417,12 @@ impl LaunchGate {
         view: &SharedView<'_>,
         device: usize,
         work: &Work,
-        now_ns: u64,
         clock: &C,
         driver: &mut P,
         launcher: &Launcher,
     ) -> Ticket {
+        // A fresh reading: the inline checks may have used the thread's cached one.
+        let now_ns = launcher.read_clock(clock);
         self.poll_probes_at(view, now_ns, driver);
         match self.decide(view, device, work, now_ns, clock, Some(launcher)) {
             Decision::Go(ticket) => ticket,

@@ -32,6 +32,10 @@ use super::MAX_DEVICES;
 /// 5–50 launches. A 200 µs chunk measurably loosened 1-s windows of two containers in the tables.
 pub const CREDIT_CHUNK_NS: u64 = 50_000;
 
+/// Launches a thread makes on a cached clock reading once it has seen the coarse clock not move
+/// between two reads (so it launches faster than the clock ticks: 1–4 ms).
+pub const CLOCK_REUSE_LAUNCHES: u8 = 8;
+
 /// Launch shapes remembered per thread. A loop usually cycles through a handful of kernels.
 const MEMO_SLOTS: usize = 4;
 
@@ -68,6 +72,10 @@ pub struct Launcher {
     credit_ns: Cell<u64>,
     /// Region index + 1 of the device the credit was bought on; 0 = none.
     credit_device: Cell<u8>,
+    /// Launches left that may use `clock_ns` instead of reading the clock.
+    clock_reuses: Cell<u8>,
+    /// The coarse clock at this thread's last read.
+    clock_ns: Cell<u64>,
     slots: [MemoSlot; MEMO_SLOTS],
 }
 
@@ -94,6 +102,8 @@ impl Launcher {
         Launcher {
             credit_ns: Cell::new(0),
             credit_device: Cell::new(0),
+            clock_reuses: Cell::new(0),
+            clock_ns: Cell::new(0),
             slots: [
                 MemoSlot::EMPTY,
                 MemoSlot::EMPTY,
@@ -101,6 +111,37 @@ impl Launcher {
                 MemoSlot::EMPTY,
             ],
         }
+    }
+
+    /// The coarse clock for a launch's due checks (a probe to poll, a `last_kernel_time` stamp, a
+    /// memo going stale), read at most once per `CLOCK_REUSE_LAUNCHES + 1` launches of a thread
+    /// that launches faster than the coarse clock ticks.
+    ///
+    /// Why this is safe: the coarse clock moves in steps of 1–4 ms, so for such a thread a cached
+    /// reading is as good as a new one; a thread that launches slower reads the clock every
+    /// time (its reads differ, so nothing is reused). After a burst, at most
+    /// `CLOCK_REUSE_LAUNCHES` launches see the burst's last reading, which only delays a due
+    /// check by that many launches. The budget never uses this value: buying credit reads the
+    /// clock afresh.
+    #[inline(always)]
+    pub(crate) fn coarse_now<C: super::Clock>(&self, clock: &C) -> u64 {
+        let reuses = self.clock_reuses.get();
+        if reuses > 0 {
+            self.clock_reuses.set(reuses - 1);
+            return self.clock_ns.get();
+        }
+        self.read_clock(clock)
+    }
+
+    /// Reads the coarse clock and records it for [`coarse_now`](Self::coarse_now).
+    #[inline]
+    pub(crate) fn read_clock<C: super::Clock>(&self, clock: &C) -> u64 {
+        let now = clock.coarse_monotonic_ns();
+        let unchanged = now == self.clock_ns.get();
+        self.clock_ns.set(now);
+        self.clock_reuses
+            .set(if unchanged { CLOCK_REUSE_LAUNCHES } else { 0 });
+        now
     }
 
     /// The remembered cost of `work` on `device` if it is still fresh at `now_ns`.
@@ -177,5 +218,7 @@ impl Launcher {
         }
         self.credit_ns.set(0);
         self.credit_device.set(0);
+        self.clock_reuses.set(0);
+        self.clock_ns.set(0);
     }
 }
