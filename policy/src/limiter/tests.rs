@@ -1513,3 +1513,46 @@ fn a_cleared_launcher_holds_nothing() {
     launch_with(&gate, &view, &launcher, 0, 2 * S);
     assert!(paid_until(&shared, 0) > before);
 }
+
+#[test]
+fn a_thread_reuses_its_clock_reading_only_while_the_clock_does_not_move() {
+    struct CountingClock<'a> {
+        now: &'a std::cell::Cell<u64>,
+        reads: &'a std::cell::Cell<u32>,
+    }
+    impl Clock for CountingClock<'_> {
+        fn monotonic_ns(&self) -> u64 {
+            self.reads.set(self.reads.get() + 1);
+            self.now.get()
+        }
+        fn epoch_s(&self) -> u64 {
+            0
+        }
+    }
+    let now = std::cell::Cell::new(S);
+    let reads = std::cell::Cell::new(0);
+    let clock = CountingClock {
+        now: &now,
+        reads: &reads,
+    };
+    let launcher = Launcher::new();
+    // A slow launcher: the clock moved between every two launches, so every launch reads it.
+    for i in 0..5 {
+        now.set(S + i * MS);
+        assert_eq!(launcher.coarse_now(&clock), S + i * MS);
+    }
+    assert_eq!(reads.get(), 5);
+    // A fast one: two reads in the same tick, then CLOCK_REUSE_LAUNCHES launches on that reading.
+    assert_eq!(launcher.coarse_now(&clock), S + 4 * MS);
+    assert_eq!(reads.get(), 6);
+    now.set(S + 5 * MS);
+    for _ in 0..launcher::CLOCK_REUSE_LAUNCHES {
+        assert_eq!(launcher.coarse_now(&clock), S + 4 * MS);
+    }
+    assert_eq!(reads.get(), 6);
+    // Then it reads again, sees the clock moved, and goes back to reading every time.
+    assert_eq!(launcher.coarse_now(&clock), S + 5 * MS);
+    now.set(S + 6 * MS);
+    assert_eq!(launcher.coarse_now(&clock), S + 6 * MS);
+    assert_eq!(reads.get(), 8);
+}
