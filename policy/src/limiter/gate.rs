@@ -681,7 +681,9 @@ impl LaunchGate {
                         other_bucket.adjust(-(credit.min(i64::MAX as u64) as i64), now_ns);
                     }
                 }
-                bought_ns = cost_ns.max(CREDIT_CHUNK_NS);
+                if launcher.repeats(work, device) {
+                    bought_ns = cost_ns.max(CREDIT_CHUNK_NS);
+                }
             }
             let mut acquired = bucket.acquire(bought_ns, now_ns);
             if let Acquire::Wait { .. } = acquired {

@@ -155,6 +155,17 @@ impl Launcher {
         .then(|| slot.cost_ns.get())
     }
 
+    /// Whether this thread launched `work` on `device` before (remembered, fresh or not): only a
+    /// thread that repeats itself buys credit ahead, so a thread that launches once and exits (a
+    /// worker per request) never strands a chunk.
+    #[inline]
+    pub(crate) fn repeats(&self, work: &Work, device: usize) -> bool {
+        let slot = &self.slots[slot_index(work)];
+        slot.shape.get() == shape(work, device)
+            && slot.handle.get() == work.handle
+            && slot.blocks.get() == work.blocks
+    }
+
     /// Remembers the cost the gate charged `work` on `device`, usable until `fresh_until_ns`.
     pub(crate) fn remember(&self, work: &Work, device: usize, cost_ns: u64, fresh_until_ns: u64) {
         let slot = &self.slots[slot_index(work)];

@@ -1354,29 +1354,32 @@ fn a_thread_buys_credit_in_chunks_and_spends_it_without_touching_the_bucket() {
     teach(&gate, &view, 0, cost, S);
     let launcher = Launcher::new();
     let now = 2 * S;
-    // The first launch buys one chunk: the bucket moves by the chunk's wall time at 50 %.
+    // The first launch of a kernel in a thread buys exactly its cost (a thread that launches once
+    // and exits strands nothing); it moves the bucket by the cost's wall time at 50 %.
     let before = paid_until(&shared, 0);
     let first = launch_with(&gate, &view, &launcher, 0, now);
     assert_eq!(first.charged_ns(), cost);
     let after_first = paid_until(&shared, 0);
+    assert_eq!(after_first - before.max(now - BURST_WALL_NS), 2 * cost);
+    assert_eq!(launcher.credit_ns(0), 0);
+    // The thread repeats itself: the second launch buys a whole chunk.
+    let second = launch_with(&gate, &view, &launcher, 0, now);
+    assert_eq!(second.charged_ns(), cost);
+    let after_second = paid_until(&shared, 0);
     let chunk_wall = 2 * CREDIT_CHUNK_NS;
-    assert_eq!(after_first - before.max(now - BURST_WALL_NS), chunk_wall);
+    assert_eq!(after_second - after_first, chunk_wall);
     assert_eq!(launcher.credit_ns(0), CREDIT_CHUNK_NS - cost);
     // The chunk pays for CREDIT_CHUNK_NS / cost launches in all; none of the others touch the bucket.
     let per_chunk = CREDIT_CHUNK_NS / cost;
     for _ in 1..per_chunk {
         let ticket = launch_with(&gate, &view, &launcher, 0, now);
         assert_eq!(ticket.charged_ns(), cost);
-        assert_eq!(
-            paid_until(&shared, 0),
-            after_first,
-            "paid from the thread's credit"
-        );
+        assert_eq!(paid_until(&shared, 0), after_second, "paid from the thread's credit");
     }
     assert_eq!(launcher.credit_ns(0), 0);
     // The next one buys the next chunk.
     launch_with(&gate, &view, &launcher, 0, now);
-    assert_eq!(paid_until(&shared, 0), after_first + chunk_wall);
+    assert_eq!(paid_until(&shared, 0), after_second + chunk_wall);
 }
 
 #[test]
@@ -1467,17 +1470,18 @@ fn credit_goes_back_to_its_bucket_when_the_thread_moves_to_another_device() {
     let now = 2 * S;
     let bucket0 = gate.bucket(&view, 0).expect("limited");
     let fresh = bucket0.balance_device_ns(now);
+    // Two launches: the second buys a chunk.
+    launch_with(&gate, &view, &launcher, 0, now);
     launch_with(&gate, &view, &launcher, 0, now);
     assert_eq!(launcher.credit_ns(0), CREDIT_CHUNK_NS - 2 * US);
     assert_eq!(
         bucket0.balance_device_ns(now),
-        fresh - CREDIT_CHUNK_NS as i64
+        fresh - (2 * US + CREDIT_CHUNK_NS) as i64
     );
     launch_with(&gate, &view, &launcher, 1, now);
     assert_eq!(launcher.credit_ns(0), 0);
-    assert_eq!(launcher.credit_ns(1), CREDIT_CHUNK_NS - 2 * US);
-    // Device 0 paid only for the one launch it ran.
-    assert_eq!(bucket0.balance_device_ns(now), fresh - 2 * US as i64);
+    // Device 0 paid only for the two launches it ran.
+    assert_eq!(bucket0.balance_device_ns(now), fresh - 4 * US as i64);
 }
 
 #[test]
@@ -1488,6 +1492,8 @@ fn a_refused_launch_paid_from_credit_is_refunded() {
     teach(&gate, &view, 0, 2 * US, S);
     let launcher = Launcher::new();
     let now = 2 * S;
+    // Two launches: the second buys a chunk of credit.
+    launch_with(&gate, &view, &launcher, 0, now);
     launch_with(&gate, &view, &launcher, 0, now);
     let bucket = gate.bucket(&view, 0).expect("limited");
     let balance = bucket.balance_device_ns(now);
@@ -1505,13 +1511,15 @@ fn a_cleared_launcher_holds_nothing() {
     teach(&gate, &view, 0, 2 * US, S);
     let launcher = Launcher::new();
     launch_with(&gate, &view, &launcher, 0, 2 * S);
+    launch_with(&gate, &view, &launcher, 0, 2 * S);
     assert!(launcher.credit_ns(0) > 0);
     launcher.clear();
     assert_eq!(launcher.credit_ns(0), 0);
-    // Nothing remembered either: the next launch goes through the table and buys a new chunk.
+    // Nothing remembered either: the next launch goes through the table and pays the bucket (its
+    // cost only: the thread is new to this kernel again).
     let before = paid_until(&shared, 0);
     launch_with(&gate, &view, &launcher, 0, 2 * S);
-    assert!(paid_until(&shared, 0) > before);
+    assert_eq!(paid_until(&shared, 0) - before, 4 * US);
 }
 
 #[test]
