@@ -52,16 +52,23 @@ const STREAM_PER_THREAD: usize = 0x2;
 const NO_DEVICE: usize = MAX_DEVICES;
 
 /// The process's limiter and the timing events of its probes. Built once at init.
+///
+/// `repr(C)` and line-aligned for the order: what every launch reads (the flags, the view, then
+/// the gate, whose own first fields are its hot ones) lies in the first two cache lines.
+#[repr(C, align(64))]
 pub struct Compute {
+    /// Whether any device has an SM limit. Without one, a launch's device does not matter (the
+    /// gate only marks `recent_kernel` and stamps `last_kernel_time`), so it is not looked up.
+    any_limit: bool,
+    /// Whether the devices' SM counts were learnt (needs the application's `cuInit`).
+    sm_counts_known: AtomicBool,
+    /// The shared words of the region, resolved once after init (`attach`); the region is never
+    /// unmapped while the process lives.
+    view: OnceLock<SharedView<'static>>,
     gate: LaunchGate,
     /// `start`/`end` event of each probe slot, as integers (0 = none). The gate gives exactly one
     /// thread ownership of a slot at a time, so a slot's two words are never written concurrently.
     events: [ProbeEvents; crate::limiter::tuning::MAX_PROBES],
-    /// Whether the devices' SM counts were learnt (needs the application's `cuInit`).
-    sm_counts_known: AtomicBool,
-    /// Whether any device has an SM limit. Without one, a launch's device does not matter (the
-    /// gate only marks `recent_kernel` and stamps `last_kernel_time`), so it is not looked up.
-    any_limit: bool,
 }
 
 #[derive(Default)]
@@ -69,10 +76,6 @@ struct ProbeEvents {
     start: AtomicUsize,
     end: AtomicUsize,
 }
-
-/// The shared words of the region, resolved once after init (`attach`); the region is never
-/// unmapped while the process lives.
-static VIEW: OnceLock<SharedView<'static>> = OnceLock::new();
 
 impl Compute {
     /// Builds the gate from the region's per-device SM limits (region index order), the policy and
@@ -100,10 +103,11 @@ impl Compute {
         let gate = LaunchGate::new(&config);
         let any_limit = gate.limits_any_device();
         Compute {
+            any_limit,
+            sm_counts_known: AtomicBool::new(false),
+            view: OnceLock::new(),
             gate,
             events: Default::default(),
-            sm_counts_known: AtomicBool::new(false),
-            any_limit,
         }
     }
 
@@ -157,7 +161,7 @@ pub fn attach(rt: &'static Runtime) {
     let boot_epoch_s =
         crate::sys::epoch_secs_coarse().saturating_sub(crate::sys::monotonic_ns() / 1_000_000_000);
     rt.compute().gate.attach(&view, boot_epoch_s);
-    let _ = VIEW.set(view);
+    let _ = rt.compute().view.set(view);
 }
 
 /// Where a launch runs, as the launch call names it.
@@ -181,10 +185,10 @@ pub fn launch(
     work: Work,
     submit: impl FnOnce() -> CUresult,
 ) -> CUresult {
-    let Some(view) = VIEW.get() else {
+    let compute = rt.compute();
+    let Some(view) = compute.view.get() else {
         return submit();
     };
-    let compute = rt.compute();
     let (device, foreign_context) = if compute.any_limit {
         if !compute.sm_counts_known.load(Ordering::Relaxed) {
             compute.learn_sm_counts(rt);
@@ -313,13 +317,13 @@ pub fn launch_multi_device(
     count: c_uint,
     submit: impl FnOnce() -> CUresult,
 ) -> CUresult {
-    let Some(view) = VIEW.get() else {
+    let compute = rt.compute();
+    let Some(view) = compute.view.get() else {
         return submit();
     };
     if list.is_null() || count == 0 {
         return submit(); // the driver's own error
     }
-    let compute = rt.compute();
     if compute.any_limit && !compute.sm_counts_known.load(Ordering::Relaxed) {
         compute.learn_sm_counts(rt);
     }

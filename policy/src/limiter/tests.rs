@@ -1374,7 +1374,11 @@ fn a_thread_buys_credit_in_chunks_and_spends_it_without_touching_the_bucket() {
     for _ in 1..per_chunk {
         let ticket = launch_with(&gate, &view, &launcher, 0, now);
         assert_eq!(ticket.charged_ns(), cost);
-        assert_eq!(paid_until(&shared, 0), after_second, "paid from the thread's credit");
+        assert_eq!(
+            paid_until(&shared, 0),
+            after_second,
+            "paid from the thread's credit"
+        );
     }
     assert_eq!(launcher.credit_ns(0), 0);
     // The next one buys the next chunk.
