@@ -8,6 +8,10 @@
  *   driver_probe launches MODULE KERNEL ITERS REPS WARMUP
  *       Host time per launch of a 1-block, 1-thread kernel: REPS timed loops of ITERS launches, each
  *       closed by cuCtxSynchronize (case 6).
+ *   driver_probe paced MODULE KERNEL BURSTS BURST
+ *       Host time per launch in BURSTS bursts of BURST back-to-back launches, each burst followed by a
+ *       sync and an idle gap 20 times its length, so that an SM limit of 50 % never throttles: the median
+ *       burst's time per launch (case 6.3 and 6.4: what an unthrottled launch costs under a limit).
  *   driver_probe saturate MODULE KERNEL ITERS TARGET_S CAP_S WARM_S PER_GRAPH BLOCKS_PER_SM THREADS SPIN_US
  *       A loop of kernels that fill every SM, timed with CUDA events, eager and as a replayed CUDA graph of
  *       PER_GRAPH launches (case 5 on the simulated driver, or on a GPU without PyTorch). The kernel takes
@@ -22,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 typedef int CUresult;
 typedef int CUdevice;
@@ -193,6 +198,43 @@ static int cmd_launches(int argc, char **argv) {
     return 0;
 }
 
+static int cmd_paced(int argc, char **argv) {
+    if (argc != 6) {
+        fprintf(stderr, "usage: driver_probe paced MODULE KERNEL BURSTS BURST\n");
+        return 2;
+    }
+    long bursts = atol(argv[4]), burst = atol(argv[5]);
+    if (bursts < 1 || bursts > 1000 || burst < 1) {
+        fprintf(stderr, "driver_probe: bad BURSTS/BURST\n");
+        return 2;
+    }
+    setup(argv[2], argv[3]);
+    /* Warm up with the same pattern: the limiter learns the kernel's cost before timing. */
+    for (long b = 0; b < 3; b++) {
+        for (long i = 0; i < burst; i++)
+            launch();
+        CHECK(cu.cuCtxSynchronize());
+        usleep(20000);
+    }
+    double per[1000];
+    for (long b = 0; b < bursts; b++) {
+        double t0 = now_s();
+        for (long i = 0; i < burst; i++)
+            launch();
+        double took = now_s() - t0;
+        per[b] = took * 1e9 / (double)burst;
+        CHECK(cu.cuCtxSynchronize());
+        usleep((useconds_t)(1000 + took * 1e6 * 20));
+    }
+    printf("RESULT {\"backend\": \"driver-probe\", \"bursts\": %ld, \"burst\": %ld, \"per_launch_ns\": [", bursts, burst);
+    for (long b = 0; b < bursts; b++)
+        printf("%s%.3f", b ? ", " : "", per[b]);
+    qsort(per, (size_t)bursts, sizeof per[0], cmp_double);
+    double median = bursts % 2 ? per[bursts / 2] : 0.5 * (per[bursts / 2 - 1] + per[bursts / 2]);
+    printf("], \"median_ns\": %.3f}\n", median);
+    return 0;
+}
+
 typedef struct {
     long iters, planned;
     double ms, wall_s;
@@ -319,8 +361,10 @@ static int cmd_saturate(int argc, char **argv) {
 int main(int argc, char **argv) {
     if (argc >= 2 && strcmp(argv[1], "launches") == 0)
         return cmd_launches(argc, argv);
+    if (argc >= 2 && strcmp(argv[1], "paced") == 0)
+        return cmd_paced(argc, argv);
     if (argc >= 2 && strcmp(argv[1], "saturate") == 0)
         return cmd_saturate(argc, argv);
-    fprintf(stderr, "usage: driver_probe launches|saturate ... (see the comment at the top of driver_probe.c)\n");
+    fprintf(stderr, "usage: driver_probe launches|paced|saturate ... (see the comment at the top of driver_probe.c)\n");
     return 2;
 }

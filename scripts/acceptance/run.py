@@ -962,6 +962,54 @@ def case6(ctx, case):
         case.add(cid, title, expected, "%.3fx (%.0f vs %.0f ns/launch)" % (ratio, lib, base), PASS if ok else FAIL,
                  "" if ok else "more than the launch-path budget (design.md: tens of ns per call)",
                  data={"backend": backend, "per_process_median_ns": per, "ratio": ratio})
+    case6_paced(ctx, case, d, rounds)
+
+
+def case6_paced(ctx, case, d, rounds):
+    """6.3/6.4: an SM-limited launch that is not throttled (bursts with idle gaps), against the same
+    bursts without the library and with a memory limit only: what the limiter adds."""
+    if not ctx.tools["driver_probe"]:
+        case.add("6.3", "unthrottled launch under SM limit 50 %", "<= +50 ns over 6.4's memory-limit run",
+                 "not run", SKIP, "needs a C compiler (cc): the bursts are timed in C")
+        return
+    bursts, burst = (25, 1000) if ctx.args.quick else (60, 1000)
+    module = os.path.join(HERE, "sim_kernels.txt" if ctx.sim else "kernels.ptx")
+    argv = [ctx.tools["driver_probe"], "paced", module, "vgpu_noop", str(bursts), str(burst)]
+    configs = [("base", ctx.env()),
+               ("lib+mem", ctx.env(lib=True, region=os.path.join(d, "paced-mem", "vgpu.cache"),
+                                   mem_limit=ctx.limit_env)),
+               ("lib+sm", ctx.env(lib=True, region=os.path.join(d, "paced-sm", "vgpu.cache"),
+                                  mem_limit=ctx.limit_env, sm_limit=50))]
+    per = {name: [] for name, _ in configs}
+    errors = []
+    for r in range(rounds):
+        if ctx.remaining() < 20:
+            errors.append("stopped after %d rounds: the time budget ran out" % r)
+            break
+        for name, env_pair in configs:
+            step = run_step(ctx, case, "paced %s round %d" % (name, r + 1), argv, env_pair, 120)
+            problem = step_problem(step)
+            if problem:
+                errors.append("%s: %s" % (name, problem))
+            else:
+                per[name].append(step["result"]["median_ns"])
+    base, mem, sm = median(per["base"]), median(per["lib+mem"]), median(per["lib+sm"])
+    if None in (base, mem, sm):
+        for cid, title in (("6.3", "unthrottled launch under SM limit 50 %"),
+                           ("6.4", "unthrottled launch under SM limit 50 %, all of libvgpu")):
+            case.add(cid, title, "-", "-", FAIL, "; ".join(errors) or "no measurement")
+        return
+    data = {"per_process_median_ns": per, "bursts": bursts, "burst": burst}
+    added = sm - mem
+    ok = added <= 50.0
+    case.add("6.3", "unthrottled launch under SM limit 50 %", "SM limit adds <= 50 ns (vs memory limit only)",
+             "%+.0f ns (%.0f vs %.0f ns/launch)" % (added, sm, mem), PASS if ok else FAIL,
+             "" if ok else "the limiter's fast path costs more than issue 4 allows", data=data)
+    ratio = sm / base
+    ok = ratio <= 1.05 or sm - base <= 100.0
+    case.add("6.4", "unthrottled launch under SM limit 50 %, all of libvgpu", "<= 1.05x or <= +100 ns per launch",
+             "%.3fx (%.0f vs %.0f ns/launch)" % (ratio, sm, base), PASS if ok else FAIL,
+             "" if ok else "more than the launch-path budget", data=data)
 
 
 def case7(ctx, case):
