@@ -7,7 +7,7 @@
 //! address is two instructions and no call. Initial-exec TLS lives in the static TLS block that
 //! glibc sizes at start-up; that is where a preloaded library belongs anyway, and glibc keeps a
 //! surplus of it for a late `dlopen` of a small block like this one (libvgpu's whole TLS segment is
-//! about a hundred bytes). Other architectures use a const-initialised `thread_local!`.
+//! under 300 bytes). Other architectures use a const-initialised `thread_local!`.
 //!
 //! Every field is a `Cell` (or a struct of them) whose all-zero value is the initial state, because the TLS image is
 //! zero-filled `.tbss`: no constructor runs and nothing is dropped, so the block works before Rust's
