@@ -368,11 +368,11 @@ impl LaunchGate {
     ///
     /// The common cases are decided inline with the coarse clock (read by the thread at most once
     /// per few launches, [`Launcher::coarse_now`]), the region's `recent_kernel` line, the gate's
-    /// first cache line and the thread's `launcher`: a launch on
-    /// a device without a limit, and a remembered kernel with credit left. No shared-bucket access,
-    /// no cost-table lookup, no write outside the thread. Anything else (a probe due, a kernel time
-    /// stamp due, `recent_kernel` not at its steady value, no memo or no credit) takes the full
-    /// path, which decides everything again.
+    /// first cache lines and the thread's `launcher`: a launch on a device without a limit, and a
+    /// remembered kernel with credit left. No shared-bucket access, no cost-table lookup, no write
+    /// outside the thread. Anything else (a probe due, a kernel time stamp due, `recent_kernel` not
+    /// at its steady value, no memo or no credit) takes the full path, which decides everything
+    /// again.
     #[inline(always)]
     pub fn admit<C: Clock, P: ProbeDriver>(
         &self,
