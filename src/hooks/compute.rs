@@ -10,19 +10,23 @@
 //!    that name a stream (`cuLaunchKernelEx`, `cuGraphLaunch`) the stream's context's device.
 //! 2. If that device is limited right now and the stream is being captured, the launch does not
 //!    run (it becomes a graph node, paid when the graph is launched): submit it untouched.
-//! 3. [`LaunchGate::admit`]: marks `recent_kernel`, stamps `last_kernel_time`, polls finished
-//!    probes, charges the device's shared bucket, and waits in this thread when the container is
-//!    over its share or held by priority. No lock of ours is held while it waits.
+//! 3. [`LaunchGate::admit`] with this thread's `Launcher` (its credit and memo, kept in the hooks'
+//!    thread-local block): marks `recent_kernel`, stamps `last_kernel_time`, polls finished probes,
+//!    pays from the thread's credit or buys more from the device's shared bucket, and waits in this
+//!    thread when the container is over its share or held by priority. No lock of ours is held
+//!    while it waits.
 //! 4. If the ticket carries a probe: create two timing events in the stream's context and record
 //!    the first on the launch stream; the real launch; record the second right after it.
 //! 5. [`LaunchGate::launched`]: a refused launch is refunded; a recorded probe goes in flight and a
 //!    later launch of this process polls it (`cuEventQuery`, then `cuEventElapsedTime`).
 //!
-//! Cost of a launch that is not throttled: the runtime gate (one load) and the gate's fast path
-//! (relaxed loads, one coarse clock read). A container with an SM limit adds the current-device
-//! lookup (nothing when the process sees one device, else `cuCtxGetCurrent` plus a thread-local),
-//! and a limited launch adds one CAS on the device's bucket, plus a `cuStreamIsCapturing` only while
-//! a stream capture is in progress in the process. No allocation, lock, formatting or syscall.
+//! Cost of a launch that is not throttled: the runtime gate (one load) and the gate's inline path
+//! (relaxed loads; the thread's coarse clock reading, refreshed at most every few launches). A
+//! container with an SM limit adds the current-device lookup (nothing when the process sees one
+//! device, else `cuCtxGetCurrent` plus a thread-local) and, for a remembered kernel, one
+//! thread-local subtraction from the thread's credit; buying credit is one CAS on the device's
+//! bucket, and a `cuStreamIsCapturing` is asked only while a stream capture is in progress in the
+//! process. No allocation, lock, formatting or syscall.
 
 use std::ffi::c_uint;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
