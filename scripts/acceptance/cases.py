@@ -696,8 +696,46 @@ def cmd_torch_compute(args):
         e1.synchronize()
         return done, e0.elapsed_time(e1), time.perf_counter() - t0
 
+    def duty_cycled(fn, calls, warm_s, duty):
+        """The same calls without any limiter, the device kept busy `duty` % of the time by the host:
+        each call is timed with its own event pair and synchronised, and the next one starts on an
+        absolute schedule (wall time = kernel time x 100 / duty), so sleep overshoot does not add up.
+        What a GPU gives at that duty: under its power limit it clocks higher when it idles part of
+        the time, so a call can be faster than in the saturating reference."""
+        e0 = torch.cuda.Event(enable_timing=True)
+        e1 = torch.cuda.Event(enable_timing=True)
+
+        def run(n_calls, stop_s):
+            start = time.perf_counter()
+            busy_ms = 0.0
+            done = 0
+            while done < n_calls and time.perf_counter() - start < stop_s:
+                e0.record()
+                fn()
+                e1.record()
+                e1.synchronize()
+                busy_ms += e0.elapsed_time(e1)
+                done += 1
+                wake = start + busy_ms / 1000.0 * 100.0 / duty
+                pause = wake - time.perf_counter()
+                if pause > 0:
+                    time.sleep(pause)
+            return done, busy_ms, time.perf_counter() - start
+
+        run(1 << 30, warm_s)
+        done, busy_ms, wall = run(calls, args.cap_s)
+        return done, busy_ms, wall
+
     modes = [("eager", step, 1), ("graph", g.replay, per_graph)]
     for name, fn, per_call in modes:
+        if args.duty:
+            calls = max(1, (args.iters or 1) // per_call)
+            done, busy_ms, wall = duty_cycled(fn, calls, args.warm_s, args.duty)
+            iters = max(1, done * per_call)
+            out["modes"][name] = {"iters": done * per_call, "planned_iters": calls * per_call,
+                                  "ms": wall * 1000.0, "wall_s": wall, "per_iter_ms": wall * 1000.0 / iters,
+                                  "kernel_ms_per_iter": busy_ms / iters, "duty_percent": args.duty}
+            continue
         if args.iters:
             iters = args.iters
         else:
@@ -766,6 +804,8 @@ def main(argv):
     s.add_argument("--warm-s", type=float, default=0.5)
     s.add_argument("--per-graph", type=int, default=10)
     s.add_argument("--n", type=int, default=0)
+    s.add_argument("--duty", type=float, default=0.0,
+                   help="no limiter: keep the device busy this %% of the time with host sleeps (0 = saturate)")
     s = sub.add_parser("torch-launches")
     s.add_argument("--iters", type=int, default=20000)
     s.add_argument("--reps", type=int, default=5)
