@@ -167,6 +167,16 @@ static int cmp_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* The rest of a RESULT line: the n samples, then their median (sorts `per`). */
+static void print_per_launch(double *per, long n) {
+    printf("\"per_launch_ns\": [");
+    for (long i = 0; i < n; i++)
+        printf("%s%.3f", i ? ", " : "", per[i]);
+    qsort(per, (size_t)n, sizeof per[0], cmp_double);
+    double median = n % 2 ? per[n / 2] : 0.5 * (per[n / 2 - 1] + per[n / 2]);
+    printf("], \"median_ns\": %.3f}\n", median);
+}
+
 static int cmd_launches(int argc, char **argv) {
     if (argc != 7) {
         fprintf(stderr, "usage: driver_probe launches MODULE KERNEL ITERS REPS WARMUP\n");
@@ -189,12 +199,8 @@ static int cmd_launches(int argc, char **argv) {
         CHECK(cu.cuCtxSynchronize());
         per[r] = (now_s() - t0) * 1e9 / (double)iters;
     }
-    printf("RESULT {\"backend\": \"driver-probe\", \"iters\": %ld, \"per_launch_ns\": [", iters);
-    for (long r = 0; r < reps; r++)
-        printf("%s%.3f", r ? ", " : "", per[r]);
-    qsort(per, (size_t)reps, sizeof per[0], cmp_double);
-    double median = reps % 2 ? per[reps / 2] : 0.5 * (per[reps / 2 - 1] + per[reps / 2]);
-    printf("], \"median_ns\": %.3f}\n", median);
+    printf("RESULT {\"backend\": \"driver-probe\", \"iters\": %ld, ", iters);
+    print_per_launch(per, reps);
     return 0;
 }
 
@@ -226,12 +232,8 @@ static int cmd_paced(int argc, char **argv) {
         CHECK(cu.cuCtxSynchronize());
         usleep((useconds_t)(1000 + took * 1e6 * 20));
     }
-    printf("RESULT {\"backend\": \"driver-probe\", \"bursts\": %ld, \"burst\": %ld, \"per_launch_ns\": [", bursts, burst);
-    for (long b = 0; b < bursts; b++)
-        printf("%s%.3f", b ? ", " : "", per[b]);
-    qsort(per, (size_t)bursts, sizeof per[0], cmp_double);
-    double median = bursts % 2 ? per[bursts / 2] : 0.5 * (per[bursts / 2 - 1] + per[bursts / 2]);
-    printf("], \"median_ns\": %.3f}\n", median);
+    printf("RESULT {\"backend\": \"driver-probe\", \"bursts\": %ld, \"burst\": %ld, ", bursts, burst);
+    print_per_launch(per, bursts);
     return 0;
 }
 

@@ -940,6 +940,26 @@ def median(xs):
     return statistics.median(xs) if xs else None
 
 
+def interleaved_medians(ctx, case, label, argv, configs, rounds, timeout_s, reserve_s):
+    """Runs `argv` once per configuration per round, interleaved so that drift hits every
+    configuration alike, and collects each process's `median_ns`. Stops early when less than
+    `reserve_s` of the time budget is left. Returns ({name: [median_ns]}, [problems])."""
+    per = {name: [] for name, _ in configs}
+    errors = []
+    for r in range(rounds):
+        if ctx.remaining() < reserve_s:
+            errors.append("stopped after %d rounds: the time budget ran out" % r)
+            break
+        for name, env_pair in configs:
+            step = run_step(ctx, case, "%s%s round %d" % (label, name, r + 1), argv, env_pair, timeout_s)
+            problem = step_problem(step)
+            if problem:
+                errors.append("%s: %s" % (name, problem))
+            else:
+                per[name].append(step["result"]["median_ns"])
+    return per, errors
+
+
 def case6(ctx, case):
     quick = ctx.args.quick
     iters, reps, rounds = (10000, 3, 3) if quick else (20000, 5, 5)
@@ -959,19 +979,7 @@ def case6(ctx, case):
                ("lib", ctx.env(lib=True, region=os.path.join(d, "nolimit", "vgpu.cache"))),
                ("lib+mem", ctx.env(lib=True, region=os.path.join(d, "memlimit", "vgpu.cache"),
                                    mem_limit=ctx.limit_env))]
-    per = {name: [] for name, _ in configs}
-    errors = []
-    for r in range(rounds):
-        if ctx.remaining() < 10:
-            errors.append("stopped after %d rounds: the time budget ran out" % r)
-            break
-        for name, env_pair in configs:  # interleaved, so drift hits all three alike
-            step = run_step(ctx, case, "%s round %d" % (name, r + 1), argv, env_pair, 60)
-            problem = step_problem(step)
-            if problem:
-                errors.append("%s: %s" % (name, problem))
-            else:
-                per[name].append(step["result"]["median_ns"])
+    per, errors = interleaved_medians(ctx, case, "", argv, configs, rounds, 60, reserve_s=10)
     base = median(per["base"])
     for cid, name, title in (("6.1", "lib", "launch overhead, library, no limits"),
                              ("6.2", "lib+mem", "launch overhead, with a memory limit")):
@@ -1004,19 +1012,7 @@ def case6_paced(ctx, case, d, rounds):
                                    mem_limit=ctx.limit_env)),
                ("lib+sm", ctx.env(lib=True, region=os.path.join(d, "paced-sm", "vgpu.cache"),
                                   mem_limit=ctx.limit_env, sm_limit=50))]
-    per = {name: [] for name, _ in configs}
-    errors = []
-    for r in range(rounds):
-        if ctx.remaining() < 20:
-            errors.append("stopped after %d rounds: the time budget ran out" % r)
-            break
-        for name, env_pair in configs:
-            step = run_step(ctx, case, "paced %s round %d" % (name, r + 1), argv, env_pair, 120)
-            problem = step_problem(step)
-            if problem:
-                errors.append("%s: %s" % (name, problem))
-            else:
-                per[name].append(step["result"]["median_ns"])
+    per, errors = interleaved_medians(ctx, case, "paced ", argv, configs, rounds, 120, reserve_s=20)
     base, mem, sm = median(per["base"]), median(per["lib+mem"]), median(per["lib+sm"])
     if None in (base, mem, sm):
         for cid, title in (("6.3", "unthrottled launch under SM limit 50 %"),

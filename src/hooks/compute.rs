@@ -211,27 +211,19 @@ pub fn launch(
     let mut probes = HookProbes {
         events: &compute.events,
     };
-    let ticket = crate::sys::thread_state::with(|thread| {
-        compute.gate.admit(
-            view,
-            device,
-            &work,
-            &SystemClock,
-            &mut probes,
-            &thread.launcher,
-        )
-    });
+    let ticket = admit(compute, view, device, &work, &mut probes);
     if ticket.probe().is_none() {
         // The common case: nothing to measure, so nothing around the real call.
         let result = submit();
-        let outcome = if result == SUCCESS {
-            LaunchOutcome::Submitted {
-                probe_recorded: false,
-            }
-        } else {
-            LaunchOutcome::Refused
-        };
-        compute.gate.launched(view, ticket, outcome, &SystemClock);
+        finish(
+            compute,
+            view,
+            &mut probes,
+            ticket,
+            false,
+            &placement,
+            result,
+        );
         return result;
     }
     launch_probed(
@@ -243,6 +235,22 @@ pub fn launch(
         foreign_context,
         submit,
     )
+}
+
+/// [`LaunchGate::admit`] with the calling thread's `Launcher` (its credit and memo).
+#[inline(always)]
+fn admit(
+    compute: &Compute,
+    view: &SharedView<'_>,
+    device: usize,
+    work: &Work,
+    probes: &mut HookProbes<'_>,
+) -> Ticket {
+    crate::sys::thread_state::with(|thread| {
+        compute
+            .gate
+            .admit(view, device, work, &SystemClock, probes, &thread.launcher)
+    })
 }
 
 /// [`launch`] for a launch the gate wants measured: the probe's events around the real call.
@@ -362,16 +370,7 @@ pub fn launch_multi_device(
             blocks(params.gridDimX, params.gridDimY, params.gridDimZ),
             threads(params.blockDimX, params.blockDimY, params.blockDimZ),
         );
-        let ticket = crate::sys::thread_state::with(|thread| {
-            compute.gate.admit(
-                view,
-                device,
-                &work,
-                &SystemClock,
-                &mut probes,
-                &thread.launcher,
-            )
-        });
+        let ticket = admit(compute, view, device, &work, &mut probes);
         let started = ticket
             .probe()
             .is_some_and(|probe| probes.start(probe, &placement, foreign_context));

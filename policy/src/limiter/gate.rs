@@ -295,6 +295,23 @@ pub struct LaunchGate {
     probes: [ProbeSlot; MAX_PROBES],
 }
 
+/// The fast path: a launch shape this thread paid for recently, whose cost is not due for a new
+/// measurement, paid from the thread's credit. `None` when any of that is missing.
+#[inline(always)]
+fn paid_from_memory(
+    launcher: &Launcher,
+    work: &Work,
+    device: usize,
+    now_ns: u64,
+) -> Option<Ticket> {
+    let cost_ns = launcher.remembered_cost(work, device, now_ns)?;
+    launcher.spend(device, cost_ns).then_some(Ticket {
+        device: device as u8,
+        charged_ns: cost_ns,
+        probe: None,
+    })
+}
+
 impl LaunchGate {
     pub fn new(config: &GateConfig) -> LaunchGate {
         LaunchGate {
@@ -396,20 +413,16 @@ impl LaunchGate {
             {
                 return Ticket::free(device);
             }
-            if let Some(cost_ns) = launcher.remembered_cost(work, device, now_ns) {
-                if launcher.spend(device, cost_ns) {
-                    return Ticket {
-                        device: device as u8,
-                        charged_ns: cost_ns,
-                        probe: None,
-                    };
-                }
+            if let Some(ticket) = paid_from_memory(launcher, work, device, now_ns) {
+                return ticket;
             }
         }
         self.admit_full(view, device, work, clock, driver, launcher)
     }
 
-    /// [`admit`](Self::admit) beyond its inline cases: polls due probes, decides, and waits.
+    /// [`admit`](Self::admit) beyond its inline cases: polls due probes, decides, and waits in
+    /// this (the launching) thread until the answer is `Go`. Out of line, so that what waiting
+    /// needs (the pauses and their thread-locals) costs the inline path nothing.
     #[inline(never)]
     #[allow(clippy::too_many_arguments)]
     fn admit_full<C: Clock, P: ProbeDriver>(
@@ -421,36 +434,10 @@ impl LaunchGate {
         driver: &mut P,
         launcher: &Launcher,
     ) -> Ticket {
-        // A fresh reading: the inline checks may have used the thread's cached one.
-        let now_ns = launcher.read_clock(clock);
-        self.poll_probes_at(view, now_ns, driver);
-        match self.decide(view, device, work, now_ns, clock, Some(launcher)) {
-            Decision::Go(ticket) => ticket,
-            Decision::Wait { retry_in_ns, .. } => {
-                self.admit_after_wait(view, device, work, clock, driver, launcher, retry_in_ns)
-            }
-        }
-    }
-
-    /// The rest of [`admit`](Self::admit) once the first answer was `Wait`: out of line, so that
-    /// what waiting needs (the pauses and their thread-locals) costs the fast path nothing.
-    #[cold]
-    #[inline(never)]
-    #[allow(clippy::too_many_arguments)]
-    fn admit_after_wait<C: Clock, P: ProbeDriver>(
-        &self,
-        view: &SharedView<'_>,
-        device: usize,
-        work: &Work,
-        clock: &C,
-        driver: &mut P,
-        launcher: &Launcher,
-        first_retry_in_ns: u64,
-    ) -> Ticket {
-        driver.pause(backoff(first_retry_in_ns, 0));
-        let mut attempt = 1u32;
+        let mut attempt = 0u32;
         loop {
-            let now_ns = clock.coarse_monotonic_ns();
+            // A fresh reading: the inline checks may have used the thread's cached one.
+            let now_ns = launcher.read_clock(clock);
             self.poll_probes_at(view, now_ns, driver);
             match self.decide(view, device, work, now_ns, clock, Some(launcher)) {
                 Decision::Go(ticket) => return ticket,
@@ -565,18 +552,8 @@ impl LaunchGate {
         if !enforcing(self.policy, view.utilization_switch.load(Ordering::Relaxed)) {
             return Decision::Go(Ticket::free(device));
         }
-        if let Some(launcher) = launcher {
-            // The fast path: a launch shape this thread paid for recently, whose cost is not due
-            // for a new measurement, and credit to cover it.
-            if let Some(cost_ns) = launcher.remembered_cost(work, device, coarse_ns) {
-                if launcher.spend(device, cost_ns) {
-                    return Decision::Go(Ticket {
-                        device: device as u8,
-                        charged_ns: cost_ns,
-                        probe: None,
-                    });
-                }
-            }
+        if let Some(ticket) = launcher.and_then(|l| paid_from_memory(l, work, device, coarse_ns)) {
+            return Decision::Go(ticket);
         }
         let bucket = Bucket::new(&view.limiter.buckets[device], params);
         self.limited_launch(

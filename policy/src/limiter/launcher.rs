@@ -147,12 +147,19 @@ impl Launcher {
     /// The remembered cost of `work` on `device` if it is still fresh at `now_ns`.
     #[inline(always)]
     pub(crate) fn remembered_cost(&self, work: &Work, device: usize, now_ns: u64) -> Option<u64> {
+        self.slot_of(work, device)
+            .filter(|slot| now_ns < slot.fresh_until_ns.get())
+            .map(|slot| slot.cost_ns.get())
+    }
+
+    /// The slot remembering `work` on `device`, if one does (fresh or not).
+    #[inline(always)]
+    fn slot_of(&self, work: &Work, device: usize) -> Option<&MemoSlot> {
         let slot = &self.slots[slot_index(work)];
         (slot.shape.get() == shape(work, device)
             && slot.handle.get() == work.handle
-            && slot.blocks.get() == work.blocks
-            && now_ns < slot.fresh_until_ns.get())
-        .then(|| slot.cost_ns.get())
+            && slot.blocks.get() == work.blocks)
+            .then_some(slot)
     }
 
     /// Whether this thread launched `work` on `device` before (remembered, fresh or not): only a
@@ -160,10 +167,7 @@ impl Launcher {
     /// worker per request) never strands a chunk.
     #[inline]
     pub(crate) fn repeats(&self, work: &Work, device: usize) -> bool {
-        let slot = &self.slots[slot_index(work)];
-        slot.shape.get() == shape(work, device)
-            && slot.handle.get() == work.handle
-            && slot.blocks.get() == work.blocks
+        self.slot_of(work, device).is_some()
     }
 
     /// Remembers the cost the gate charged `work` on `device`, usable until `fresh_until_ns`.

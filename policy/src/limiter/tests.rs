@@ -284,6 +284,18 @@ impl ProbeDriver for NoProbes {
     fn pause(&mut self, _pause: Pause) {}
 }
 
+/// Tells `gate` the driver took the launch of `ticket` (no probe recorded).
+fn taken<C: Clock>(gate: &LaunchGate, view: &SharedView<'_>, ticket: Ticket, clock: &C) {
+    gate.launched(
+        view,
+        ticket,
+        LaunchOutcome::Submitted {
+            probe_recorded: false,
+        },
+        clock,
+    );
+}
+
 fn go(decision: Decision) -> Ticket {
     match decision {
         Decision::Go(ticket) => ticket,
@@ -1241,14 +1253,7 @@ fn gate_overhead() {
             let now = 2 * S + i * 10;
             gate.poll_probes(&view, &SimClock(now), &mut NoProbes);
             let ticket = go(gate.before_launch(&view, 0, &KERNEL, &SimClock(now)));
-            gate.launched(
-                &view,
-                ticket,
-                LaunchOutcome::Submitted {
-                    probe_recorded: false,
-                },
-                &SimClock(now),
-            );
+            taken(&gate, &view, ticket, &SimClock(now));
         }
         let per = start.elapsed().as_nanos() as f64 / n as f64;
         println!("{label}: {per:.1} ns per launch (poll + before_launch + launched)");
@@ -1264,14 +1269,7 @@ fn gate_overhead() {
         for i in 0..n {
             let now = 2 * S + i * 10;
             let ticket = gate.admit(&view, 0, &KERNEL, &SimClock(now), &mut NoProbes, &launcher);
-            gate.launched(
-                &view,
-                ticket,
-                LaunchOutcome::Submitted {
-                    probe_recorded: false,
-                },
-                &SimClock(now),
-            );
+            taken(&gate, &view, ticket, &SimClock(now));
         }
         let per = start.elapsed().as_nanos() as f64 / n as f64;
         println!("limited, known kernel, in budget, admit with the thread's launcher: {per:.1} ns per launch (admit + launched)");
@@ -1303,14 +1301,7 @@ fn gate_overhead() {
         let start = std::time::Instant::now();
         for _ in 0..n {
             let ticket = go(gate.before_launch(&view, 0, &KERNEL, &clock));
-            gate.launched(
-                &view,
-                ticket,
-                LaunchOutcome::Submitted {
-                    probe_recorded: false,
-                },
-                &clock,
-            );
+            taken(&gate, &view, ticket, &clock);
         }
         let per = start.elapsed().as_nanos() as f64 / n as f64;
         println!("{label}, system clock (no coarse clock here: one precise read per launch): {per:.1} ns per launch");
@@ -1328,14 +1319,7 @@ fn launch_with(
     now: u64,
 ) -> Ticket {
     let ticket = go(gate.before_launch_for(view, device, &KERNEL, &SimClock(now), launcher));
-    gate.launched(
-        view,
-        ticket,
-        LaunchOutcome::Submitted {
-            probe_recorded: false,
-        },
-        &SimClock(now),
-    );
+    taken(gate, view, ticket, &SimClock(now));
     ticket
 }
 
